@@ -1,0 +1,84 @@
+"""The provider port: what every provider offers, whatever carries the messages."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
+
+import trio
+
+from ._errors import ConfigError
+from ._message import Message
+
+if TYPE_CHECKING:
+    from ._router import Router
+
+__all__ = ["Provider", "Publisher", "StartPosition", "Subscriber", "validate_start"]
+
+#: Where a group begins: ``"all"``, ``"new"``, a stream sequence or a time.
+StartPosition: TypeAlias = Literal["all", "new"] | int | datetime | None
+
+
+def validate_start(start: object) -> StartPosition:
+    """Return ``start`` if it is a valid :data:`StartPosition`, else raise ConfigError."""
+    if start is None or start == "all" or start == "new":
+        return start
+    if isinstance(start, datetime):
+        return start
+    if isinstance(start, int) and not isinstance(start, bool) and start >= 1:
+        return start
+    raise ConfigError(
+        f"start must be 'all', 'new', a stream sequence >= 1 or a datetime, not {start!r}"
+    )
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """Sends messages to topics."""
+
+    async def publish(self, topic: str, *messages: Message) -> None:
+        """Publish ``messages`` to ``topic``, in order.
+
+        Returns once every message is accepted (see each provider for what
+        that means). Raises :class:`InvalidTopicError` at once for a bad
+        topic, :class:`ProviderClosedError` after close.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Return once everything published before the call has been handed on."""
+        ...
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """Opens subscriptions: async context managers yielding a trio ReceiveChannel."""
+
+    def subscribe(
+        self, topic: str, group: str | None = None, start: StartPosition = None
+    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Message]]:
+        """Subscribe to ``topic`` (a pattern: ``*`` and ``>`` allowed).
+
+        Subscribers sharing a named ``group`` compete; different groups each
+        get every message; ``group=None`` is private. Leaving the block
+        unsubscribes and nacks every message delivered but not acked.
+        """
+        ...
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A publisher, a subscriber and a router that share one lifetime."""
+
+    @property
+    def publisher(self) -> Publisher: ...
+
+    @property
+    def subscriber(self) -> Subscriber: ...
+
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def running(self) -> bool: ...

@@ -1,0 +1,63 @@
+"""The error hierarchy: one base class, each subclass with one meaning.
+
+Bad input raises a subclass that is also a :class:`ValueError`, at once, naming
+what was wrong. Trouble outside the caller's control (a server, a network)
+raises a plain :class:`PikoEventsError` subclass.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AckError",
+    "ConfigError",
+    "ConnectError",
+    "InvalidTopicError",
+    "PikoEventsError",
+    "ProviderClosedError",
+    "PublishError",
+    "StreamNotFoundError",
+]
+
+
+class PikoEventsError(Exception):
+    """Base class of every error raised by piko_trio_events."""
+
+
+class ConfigError(PikoEventsError, ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class InvalidTopicError(PikoEventsError, ValueError):
+    """A topic does not follow the NATS subject rules; the message names it."""
+
+
+class ProviderClosedError(PikoEventsError):
+    """The provider (or its publisher / subscriber) was closed: you closed it."""
+
+
+class ConnectError(PikoEventsError):
+    """The first connection to the server could not be made."""
+
+
+class StreamNotFoundError(PikoEventsError):
+    """No JetStream stream holds the topic and auto-provisioning is off."""
+
+
+class PublishError(PikoEventsError):
+    """A publish could not complete.
+
+    Attributes:
+        unconfirmed: how many messages of the call are not known to be stored.
+    """
+
+    def __init__(self, message: str, *, unconfirmed: int) -> None:
+        super().__init__(message)
+        self.unconfirmed = unconfirmed
+
+
+class AckError(PikoEventsError):
+    """An ack that the provider confirms could not be confirmed.
+
+    The message may be redelivered. (``ack()`` returning ``False`` means
+    something else: the message was already nacked.)
+    """

@@ -1,0 +1,215 @@
+"""Messages, delivery information and acknowledgement."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from ._uuid import new_uuid
+
+__all__ = ["UUID_HEADER", "Delivery", "Message", "validate_metadata"]
+
+#: The NATS header that carries a message's uuid (Watermill's NATS adapter's name).
+UUID_HEADER: Final = "_watermill_message_uuid"
+
+_PENDING: Final = 0
+_ACKED: Final = 1
+_NACKED: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a received message reached this subscriber.
+
+    Attributes:
+        topic: the topic the message was published to (not the pattern).
+        attempt: 1 on the first delivery, counting up with each redelivery
+            within one group.
+        redelivered: whether ``attempt > 1``.
+        sequence: the stream sequence under JetStream, else ``None``.
+        timestamp: when the message was stored, where the provider knows it.
+    """
+
+    topic: str
+    attempt: int = 1
+    redelivered: bool = False
+    sequence: int | None = None
+    timestamp: datetime | None = None
+
+
+class Acker(Protocol):
+    """What a provider gives a received message so that it can settle it."""
+
+    async def ack_message(self, message: Message) -> None: ...
+
+    async def nack_message(self, message: Message, delay: float | None) -> None: ...
+
+
+class Message:
+    """A message: a uuid, an opaque payload and string metadata.
+
+    A message you build has ``delivery is None``; a received one carries its
+    :class:`Delivery` and must be settled with :meth:`ack` or :meth:`nack`.
+    Two messages are equal when their uuid, payload and metadata are equal.
+    """
+
+    __slots__ = ("_acker", "_state", "_uuid", "_uuid_given", "delivery", "metadata", "payload")
+
+    payload: bytes
+    metadata: dict[str, str]
+    delivery: Delivery | None
+
+    def __init__(
+        self,
+        payload: bytes | bytearray | memoryview = b"",
+        metadata: Mapping[str, str] | None = None,
+        *,
+        uuid: str | None = None,
+    ) -> None:
+        if type(payload) is not bytes:
+            if not isinstance(payload, bytes | bytearray | memoryview):
+                raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+            payload = bytes(payload)
+        if uuid is not None and (not isinstance(uuid, str) or not uuid):
+            raise ValueError(f"uuid must be a non-empty str, not {uuid!r}")
+        self.payload = payload
+        self.metadata = {} if metadata is None else _checked_metadata(metadata)
+        self._uuid = uuid
+        self._uuid_given = uuid is not None
+        self.delivery = None
+        self._state = _PENDING
+        self._acker: Acker | None = None
+
+    @classmethod
+    def _received(
+        cls,
+        uuid: str,
+        payload: bytes,
+        metadata: dict[str, str],
+        delivery: Delivery,
+        acker: Acker,
+    ) -> Message:
+        """Build a delivered message without re-validating (provider use)."""
+        self = cls.__new__(cls)
+        self._uuid = uuid
+        self._uuid_given = True
+        self.payload = payload
+        self.metadata = metadata
+        self.delivery = delivery
+        self._state = _PENDING
+        self._acker = acker
+        return self
+
+    @property
+    def uuid(self) -> str:
+        """The message's id: a random uuid4 string unless one was given."""
+        u = self._uuid
+        if u is None:
+            u = self._uuid = new_uuid()
+        return u
+
+    @property
+    def acked(self) -> bool:
+        return self._state == _ACKED
+
+    @property
+    def nacked(self) -> bool:
+        return self._state == _NACKED
+
+    async def ack(self) -> bool:
+        """Acknowledge the message: it will not be delivered again to this group.
+
+        Returns True once acked (again True if it already was), False if it
+        was already nacked. Where the provider confirms acks it returns only
+        once the server confirmed, and raises :class:`AckError` if it could not.
+        """
+        state = self._state
+        if state == _ACKED:
+            return True
+        if state == _NACKED:
+            return False
+        self._state = _ACKED
+        acker = self._acker
+        if acker is not None:
+            try:
+                await acker.ack_message(self)
+            except BaseException:
+                self._state = _PENDING
+                raise
+        return True
+
+    async def nack(self, delay: float | None = None) -> bool:
+        """Ask for redelivery, after ``delay`` seconds if given.
+
+        Returns True once nacked (again True if it already was), False if it
+        was already acked.
+        """
+        if delay is not None and (
+            not isinstance(delay, int | float) or not delay >= 0 or math.isinf(delay)
+        ):
+            raise ValueError(f"nack delay must be a finite number of seconds >= 0, not {delay!r}")
+        state = self._state
+        if state == _NACKED:
+            return True
+        if state == _ACKED:
+            return False
+        self._state = _NACKED
+        acker = self._acker
+        if acker is not None:
+            await acker.nack_message(self, delay)
+        return True
+
+    def copy(self) -> Message:
+        """A new, unreceived message with the same uuid, payload and metadata."""
+        return Message(self.payload, dict(self.metadata), uuid=self.uuid)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (
+            self.uuid == other.uuid
+            and self.payload == other.payload
+            and self.metadata == other.metadata
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        payload = self.payload if len(self.payload) <= 32 else self.payload[:32] + b"..."
+        extra = "" if self.delivery is None else f", delivery={self.delivery!r}"
+        return (
+            f"Message(uuid={self.uuid!r}, payload={payload!r}, metadata={self.metadata!r}{extra})"
+        )
+
+
+_FORBIDDEN_KEY_CHARS = frozenset(" \t\r\n:")
+
+
+def _checked_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
+    result = dict(metadata)
+    for key, value in result.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata keys and values must be str: {key!r}: {value!r}")
+    return result
+
+
+def validate_metadata(metadata: Mapping[str, str]) -> None:
+    """Reject metadata that NATS headers cannot carry faithfully (ValueError).
+
+    Every provider calls this on publish, so that the memory provider accepts
+    exactly what the NATS provider will.
+    """
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"metadata keys and values must be str: {key!r}: {value!r}")
+        if not key or not _FORBIDDEN_KEY_CHARS.isdisjoint(key):
+            raise ValueError(f"metadata key {key!r} is empty or holds whitespace or ':'")
+        if key.lower().startswith("nats-"):
+            raise ValueError(f"metadata key {key!r}: keys starting with 'Nats-' are reserved")
+        if key == UUID_HEADER:
+            raise ValueError(f"metadata key {key!r} is reserved for the message uuid")
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"metadata value of {key!r} holds a line break")

@@ -1,0 +1,424 @@
+"""The router: handlers subscribed to topics, wrapped in middleware.
+
+A handler that returns normally acks its message, after publishing what it
+returned to its ``publish_topic``; a handler that raises nacks it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import trio
+
+from ._abc import Publisher, StartPosition, Subscriber, validate_start
+from ._config import RouterConfig
+from ._errors import PikoEventsError, ProviderClosedError
+from ._message import Message
+from ._topics import validate_topic
+from ._types import HandlerFunc, HandlerResult, Middleware, _current_handler
+from ._uuid import derived_uuid
+
+__all__ = ["Handler", "Router"]
+
+logger = logging.getLogger("piko_trio_events.router")
+
+_F = TypeVar("_F", bound=HandlerFunc)
+
+
+class HandlerOutputError(PikoEventsError):
+    """A handler returned messages but has no ``publish_topic`` (or not messages)."""
+
+
+class Handler:
+    """A handler registered on a router (read-only description).
+
+    Attributes:
+        name: unique within the router.
+        topic: the subscription pattern.
+        publish_topic: where returned messages go, or None.
+        group: the subscription group (defaults to ``name``).
+        start: where a new group begins (see :class:`~piko_trio_events.Subscriber`).
+        concurrency: how many messages it processes at once.
+        middleware: handler-level middleware, outermost first.
+    """
+
+    __slots__ = (
+        "_chain",
+        "_publish",
+        "concurrency",
+        "func",
+        "group",
+        "middleware",
+        "name",
+        "publish_topic",
+        "start",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        topic: str,
+        func: HandlerFunc,
+        *,
+        publish_topic: str | None,
+        group: str,
+        start: StartPosition,
+        concurrency: int,
+        middleware: tuple[Middleware, ...],
+    ) -> None:
+        self.name = name
+        self.topic = topic
+        self.func = func
+        self.publish_topic = publish_topic
+        self.group = group
+        self.start = start
+        self.concurrency = concurrency
+        self.middleware = middleware
+        self._chain: HandlerFunc = func
+        self._publish: Callable[..., Any] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Handler(name={self.name!r}, topic={self.topic!r}, "
+            f"publish_topic={self.publish_topic!r}, group={self.group!r}, "
+            f"concurrency={self.concurrency})"
+        )
+
+    async def _process(self, msg: Message) -> None:
+        """Run the chain on one message and settle it. Never raises Exception."""
+        try:
+            result = await self._chain(msg)
+            if result is not None:
+                await self._publish_output(msg, result)
+        except Exception as exc:
+            logger.warning(
+                "handler %r failed on message %s (attempt %s); nacking: %r",
+                self.name,
+                msg.uuid,
+                msg.delivery.attempt if msg.delivery is not None else None,
+                exc,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
+            try:
+                await msg.nack()
+            except PikoEventsError as nack_exc:
+                logger.warning("handler %r: nack of %s failed: %r", self.name, msg.uuid, nack_exc)
+            return
+        try:
+            await msg.ack()
+        except PikoEventsError as exc:
+            logger.warning("handler %r: ack of %s failed: %r", self.name, msg.uuid, exc)
+
+    async def _publish_output(self, msg: Message, result: HandlerResult) -> None:
+        outputs: Sequence[Message]
+        if isinstance(result, Message):
+            outputs = (result,)
+        elif isinstance(result, Sequence) and not isinstance(result, str | bytes):
+            outputs = result
+            for out in outputs:
+                if not isinstance(out, Message):
+                    raise HandlerOutputError(
+                        f"handler {self.name!r} returned {type(out).__name__}, not a Message"
+                    )
+        else:
+            raise HandlerOutputError(
+                f"handler {self.name!r} must return None, a Message or a sequence of "
+                f"Messages, not {type(result).__name__}"
+            )
+        if not outputs:
+            return
+        if self._publish is None:
+            raise HandlerOutputError(
+                f"handler {self.name!r} returned {len(outputs)} message(s) but has no publish_topic"
+            )
+        parent = msg.uuid
+        for position, out in enumerate(outputs):
+            if not out._uuid_given:
+                out._uuid = derived_uuid(parent, self.name, position)
+                out._uuid_given = True
+        await self._publish(self.publish_topic, *outputs)
+
+
+class Router:
+    """Routes messages from subscriptions to handlers.
+
+    The provider that owns the router runs it in its nursery: a handler added
+    while it runs is subscribed at once (before :meth:`add_handler` returns,
+    for providers that register subscriptions synchronously, such as the
+    memory provider) and starts processing straight away.
+
+    Middleware: the first added runs outermost. Router-level middleware wraps
+    handler-level middleware, and must be added before the handlers it wraps.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        subscriber: Subscriber,
+        config: RouterConfig | None = None,
+        *,
+        default_concurrency: int = 1,
+    ) -> None:
+        self._publisher = publisher
+        self._subscriber = subscriber
+        self._config = RouterConfig() if config is None else config
+        self._config.validate()
+        self._default_concurrency = default_concurrency
+        self._middleware: list[Middleware] = []
+        self._handlers: dict[str, Handler] = {}
+        self._nursery: trio.Nursery | None = None
+        self._running = False
+        self._stopping = False
+        self._closed = False
+        self._intake_scopes: set[trio.CancelScope] = set()
+        self._run_scope = trio.CancelScope(shield=True)
+        self._done = trio.Event()
+        self._active_consumers = 0
+        self._idle = trio.Event()
+
+    @property
+    def config(self) -> RouterConfig:
+        return self._config
+
+    @property
+    def running(self) -> bool:
+        """True from start until the router begins to close."""
+        return self._running and not self._stopping
+
+    @property
+    def handlers(self) -> Mapping[str, Handler]:
+        """The registered handlers, by name (read-only)."""
+        return MappingProxyType(self._handlers)
+
+    def add_middleware(self, *middleware: Middleware) -> None:
+        """Add router-level middleware; the first added runs outermost.
+
+        Raises:
+            RuntimeError: if handlers were already added (they would not see it).
+        """
+        for mw in middleware:
+            if not callable(mw):
+                raise TypeError(f"middleware must be callable, not {mw!r}")
+        if self._handlers:
+            raise RuntimeError(
+                "add router middleware before adding handlers: "
+                f"{sorted(self._handlers)} would not be wrapped by it"
+            )
+        self._middleware.extend(middleware)
+
+    def add_handler(
+        self,
+        name: str,
+        topic: str,
+        func: HandlerFunc,
+        *,
+        publish_topic: str | None = None,
+        group: str | None = None,
+        start: StartPosition = None,
+        concurrency: int | None = None,
+        middleware: Iterable[Middleware] = (),
+    ) -> Handler:
+        """Register ``func`` to handle messages of ``topic``.
+
+        Args:
+            name: unique handler name (a duplicate is a ValueError).
+            topic: subscription pattern (``*`` and ``>`` allowed).
+            func: the handler.
+            publish_topic: where the messages ``func`` returns are published
+                (before the input is acked).
+            group: subscription group; defaults to ``name``, so replicas of
+                one app share the handler's work and different handlers each
+                get every message.
+            start: where a new group begins.
+            concurrency: messages processed at once (default: the provider's).
+            middleware: handler-level middleware, inside the router's.
+
+        Returns:
+            The :class:`Handler`.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"handler name must be a non-empty str, not {name!r}")
+        if name in self._handlers:
+            raise ValueError(f"a handler named {name!r} already exists")
+        if not callable(func):
+            raise TypeError(f"handler {name!r}: func must be callable, not {func!r}")
+        validate_topic(topic, wildcards=True)
+        if publish_topic is not None:
+            validate_topic(publish_topic)
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ValueError(f"handler {name!r}: group must be a non-empty str or None")
+        start = validate_start(start)
+        if concurrency is None:
+            concurrency = self._default_concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(
+                f"handler {name!r}: concurrency must be an int >= 1, not {concurrency!r}"
+            )
+        handler_mw = tuple(middleware)
+        for mw in handler_mw:
+            if not callable(mw):
+                raise TypeError(f"handler {name!r}: middleware must be callable, not {mw!r}")
+        if self._closed or self._stopping:
+            raise ProviderClosedError(f"router is closed; cannot add handler {name!r}")
+
+        handler = Handler(
+            name,
+            topic,
+            func,
+            publish_topic=publish_topic,
+            group=name if group is None else group,
+            start=start,
+            concurrency=concurrency,
+            middleware=handler_mw,
+        )
+        chain: HandlerFunc = func
+        for mw in reversed((*self._middleware, *handler_mw)):
+            chain = mw(chain)
+        handler._chain = chain
+        if publish_topic is not None:
+            handler._publish = self._publisher.publish
+        self._handlers[name] = handler
+        if self._nursery is not None:
+            self._start_handler(handler)
+        return handler
+
+    def handler(
+        self,
+        topic: str,
+        *,
+        publish_topic: str | None = None,
+        group: str | None = None,
+        name: str | None = None,
+        start: StartPosition = None,
+        concurrency: int | None = None,
+        middleware: Iterable[Middleware] = (),
+    ) -> Callable[[_F], _F]:
+        """Decorator form of :meth:`add_handler`; the name defaults to the
+        function's qualified name."""
+
+        def register(func: _F) -> _F:
+            self.add_handler(
+                name if name is not None else getattr(func, "__qualname__", repr(func)),
+                topic,
+                func,
+                publish_topic=publish_topic,
+                group=group,
+                start=start,
+                concurrency=concurrency,
+                middleware=middleware,
+            )
+            return func
+
+        return register
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _start_handler(self, handler: Handler) -> None:
+        assert self._nursery is not None
+        # Subscribe now, synchronously where the provider can, so that nothing
+        # published after add_handler() returns is missed by the handler's group.
+        subscription = self._subscriber.subscribe(
+            handler.topic, group=handler.group, start=handler.start
+        )
+        self._nursery.start_soon(
+            self._consume, handler, subscription, name=f"handler:{handler.name}"
+        )
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`_close`; the caller's nursery owns this task.
+
+        Handler tasks run in a shielded scope: cancelling an outer scope does
+        not interrupt them; :meth:`_close` drains them instead.
+        """
+        try:
+            with self._run_scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._running = True
+                    for handler in self._handlers.values():
+                        self._start_handler(handler)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._running = False
+            self._closed = True
+            self._done.set()
+
+    async def _close(self) -> None:
+        """Drain: stop intake, let in-flight handlers finish within
+        ``close_timeout``, then cancel them (their messages are nacked when
+        their subscriptions close). Returns once every handler task ended."""
+        if self._done.is_set() or not self._running:
+            self._closed = True
+            self._run_scope.cancel()
+            return
+        self._stopping = True
+        for scope in list(self._intake_scopes):
+            scope.cancel()
+        if self._active_consumers == 0:
+            self._idle.set()
+        # Handler tasks end on their own once intake stopped and in-flight work is done.
+        with trio.move_on_after(self._config.close_timeout):
+            await self._idle.wait()
+        self._run_scope.cancel()
+        await self._done.wait()
+
+    async def _consume(
+        self,
+        handler: Handler,
+        subscription: AbstractAsyncContextManager[trio.abc.ReceiveChannel[Message]],
+    ) -> None:
+        _current_handler.set(handler.name)
+        self._active_consumers += 1
+        try:
+            async with subscription as channel:
+                if handler.concurrency == 1:
+                    await self._work(handler, channel)
+                else:
+                    async with trio.open_nursery() as workers:
+                        for i in range(handler.concurrency):
+                            workers.start_soon(
+                                self._work, handler, channel, name=f"handler:{handler.name}#{i}"
+                            )
+        finally:
+            self._active_consumers -= 1
+            if self._stopping and self._active_consumers == 0:
+                self._idle.set()
+
+    async def _work(self, handler: Handler, channel: trio.abc.ReceiveChannel[Message]) -> None:
+        receive_nowait: Callable[[], Message] | None = getattr(channel, "receive_nowait", None)
+        process = handler._process
+        while not self._stopping:
+            msg: Message | None
+            if receive_nowait is not None:
+                try:
+                    msg = receive_nowait()
+                except trio.WouldBlock:
+                    msg = await self._receive(channel)
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return
+            else:
+                msg = await self._receive(channel)
+            if msg is None:
+                return
+            await process(msg)
+
+    async def _receive(self, channel: trio.abc.ReceiveChannel[Message]) -> Message | None:
+        """Wait for a message; None once intake stops or the channel ends."""
+        if self._stopping:
+            return None
+        with trio.CancelScope() as scope:
+            self._intake_scopes.add(scope)
+            try:
+                return await channel.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return None
+            finally:
+                self._intake_scopes.discard(scope)
+        return None

@@ -1,0 +1,75 @@
+"""Topic rules shared by every provider: NATS subject syntax.
+
+Tokens are separated by ``.``; no token is empty or holds whitespace; at most
+255 characters. ``*`` (exactly one token) and ``>`` (one or more tokens; last
+token only) are wildcards, allowed when subscribing and never when publishing.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from ._errors import InvalidTopicError
+
+__all__ = ["MAX_TOPIC_LENGTH", "is_wildcard", "topic_matches", "validate_topic"]
+
+MAX_TOPIC_LENGTH = 255
+_WHITESPACE = frozenset(" \t\r\n\f\v")
+
+
+@lru_cache(maxsize=4096)
+def _check(topic: str, wildcards: bool) -> None:
+    if not isinstance(topic, str):
+        raise InvalidTopicError(f"topic must be a str, not {type(topic).__name__}: {topic!r}")
+    if not topic:
+        raise InvalidTopicError("topic must not be empty")
+    if len(topic) > MAX_TOPIC_LENGTH:
+        raise InvalidTopicError(
+            f"topic {topic[:40]!r}... is {len(topic)} characters long; the limit is "
+            f"{MAX_TOPIC_LENGTH}"
+        )
+    if not _WHITESPACE.isdisjoint(topic):
+        raise InvalidTopicError(f"topic {topic!r} contains whitespace")
+    tokens = topic.split(".")
+    last = len(tokens) - 1
+    for i, token in enumerate(tokens):
+        if not token:
+            raise InvalidTopicError(f"topic {topic!r} has an empty token")
+        if token in ("*", ">"):
+            if not wildcards:
+                raise InvalidTopicError(
+                    f"topic {topic!r} contains the wildcard {token!r}; "
+                    "wildcards are allowed only when subscribing"
+                )
+            if token == ">" and i != last:
+                raise InvalidTopicError(f"topic {topic!r}: '>' may only be the last token")
+
+
+def validate_topic(topic: str, *, wildcards: bool = False) -> str:
+    """Return ``topic`` unchanged, or raise :class:`InvalidTopicError` naming it."""
+    try:
+        _check(topic, wildcards)
+    except TypeError:  # unhashable: certainly not a str
+        raise InvalidTopicError(f"topic must be a str, not {type(topic).__name__}") from None
+    return topic
+
+
+def is_wildcard(pattern: str) -> bool:
+    """Whether a (valid) subscription pattern holds a wildcard token."""
+    return pattern == "*" or pattern == ">" or "*" in pattern.split(".") or pattern.endswith(".>")
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Whether a concrete ``topic`` matches a subscription ``pattern``."""
+    if pattern == topic:
+        return True
+    p_tokens = pattern.split(".")
+    t_tokens = topic.split(".")
+    for i, p in enumerate(p_tokens):
+        if p == ">":
+            return len(t_tokens) > i
+        if i >= len(t_tokens):
+            return False
+        if p != "*" and p != t_tokens[i]:
+            return False
+    return len(p_tokens) == len(t_tokens)

@@ -1,0 +1,29 @@
+"""Handler and middleware types."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from typing import TypeAlias
+
+from ._message import Message
+
+__all__ = ["HandlerFunc", "HandlerResult", "Middleware", "current_handler_name"]
+
+#: What a handler may return: nothing, one message, or several, for ``publish_topic``.
+HandlerResult: TypeAlias = Sequence[Message] | Message | None
+
+#: A message handler. Returning normally acks the message (after its output
+#: was published); raising nacks it.
+HandlerFunc: TypeAlias = Callable[[Message], Awaitable[HandlerResult]]
+
+#: Wraps a handler in another. The first middleware added runs outermost.
+Middleware: TypeAlias = Callable[[HandlerFunc], HandlerFunc]
+
+
+_current_handler: ContextVar[str | None] = ContextVar("piko_current_handler", default=None)
+
+
+def current_handler_name() -> str | None:
+    """The name of the router handler running in this task, or None outside one."""
+    return _current_handler.get()
