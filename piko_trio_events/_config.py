@@ -72,8 +72,9 @@ class MemoryConfig:
         output_buffer: messages a subscription or group buffers before
             ``publish`` waits (backpressure, never unbounded memory).
         persistent: a new subscription (or new group) first receives every
-            earlier message of its topic, from a history of ``history_size``.
-        history_size: how many messages ``persistent`` keeps (oldest dropped).
+            earlier message of its topic, from a bounded history.
+        history_size: how many messages ``persistent`` keeps per topic (the
+            oldest are dropped first).
         block_publish_until_ack: ``publish`` returns only once every
             subscriber acked each message.
         router: the router's settings; its ``close_timeout`` bounds the drain.

@@ -1,7 +1,8 @@
 """The router: handlers subscribed to topics, wrapped in middleware.
 
 A handler that returns normally acks its message, after publishing what it
-returned to its ``publish_topic``; a handler that raises nacks it.
+returned to its ``publish_topic``; a handler that raises nacks it (after the
+error's ``retry_after`` seconds, when it has that attribute).
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class Handler:
                 exc_info=logger.isEnabledFor(logging.DEBUG),
             )
             try:
-                await msg.nack()
+                # An error may say when trying again makes sense (CircuitOpenError does).
+                await msg.nack(_retry_after(exc))
             except PikoEventsError as nack_exc:
                 logger.warning("handler %r: nack of %s failed: %r", self.name, msg.uuid, nack_exc)
             return
@@ -142,6 +144,13 @@ class Handler:
                 out._uuid = derived_uuid(parent, self.name, position)
                 out._uuid_given = True
         await self._publish(self.publish_topic, *outputs)
+
+
+def _retry_after(exc: Exception) -> float | None:
+    delay = getattr(exc, "retry_after", None)
+    if isinstance(delay, int | float) and not isinstance(delay, bool) and 0 < delay < 1e9:
+        return float(delay)
+    return None
 
 
 class Router:

@@ -32,6 +32,7 @@ from .._message import _NACKED, Delivery, Message, validate_metadata
 from .._metrics import ProviderMetrics, provider_metrics
 from .._router import Router
 from .._topics import is_wildcard, topic_matches, validate_topic
+from .._util import single_error
 from ._queue import GroupQueue
 
 __all__ = [
@@ -123,9 +124,8 @@ class _Broker:
         self.private: set[_Group] = set()
         self.subscriptions: set[MemorySubscription] = set()
         self.targets: dict[str, tuple[_Group, ...]] = {}
-        self.history: deque[_Env] | None = (
-            deque(maxlen=config.history_size) if config.persistent else None
-        )
+        # per topic, oldest first; None unless persistent
+        self.history: dict[str, deque[_Env]] | None = {} if config.persistent else None
         self.sequence = 0
         self.closed = False
         self.publishing_closed = False
@@ -159,9 +159,8 @@ class _Broker:
         history = self.history
         if history is not None and group.start != "new":
             start = group.start
-            for env in history:
-                if not topic_matches(group.pattern, env[_TOPIC]):
-                    continue
+            matching = [h for topic, h in history.items() if topic_matches(group.pattern, topic)]
+            for env in heapq.merge(*matching, key=_sequence_of):
                 if isinstance(start, int) and env[_SEQ] is not None and env[_SEQ] < start:
                     continue
                 if isinstance(start, datetime) and env[_STAMP] is not None:
@@ -241,6 +240,10 @@ class _Broker:
         return self.undelivered
 
 
+def _sequence_of(env: _Env) -> int:
+    return env[_SEQ] or 0
+
+
 def _rebuild(env: _Env) -> Message:
     metadata = env[_METADATA]
     return Message(env[_PAYLOAD], metadata, uuid=env[_UUID])
@@ -297,7 +300,10 @@ class MemoryPublisher:
                 stamp,
             )
             if history is not None:
-                history.append((env[0], env[1], env[2], topic, 0, None, seq, stamp))
+                topic_history = history.get(topic)
+                if topic_history is None:
+                    topic_history = history[topic] = deque(maxlen=broker.config.history_size)
+                topic_history.append((env[0], env[1], env[2], topic, 0, None, seq, stamp))
             for group in targets:
                 queue = group.queue
                 if not queue.put_nowait(env):
@@ -583,31 +589,32 @@ async def open_memory_provider(config: MemoryConfig | None = None) -> AsyncItera
     subscriber = MemorySubscriber(broker)
     router = Router(publisher, subscriber, config.router, default_concurrency=1)
     provider = MemoryProvider(config, broker, router, publisher, subscriber)
-    async with trio.open_nursery() as nursery:
-        try:
-            await nursery.start(broker.run_scheduler)
-            await nursery.start(router._run)
-        except BaseException:
-            metrics.start_error_count.add(1)
-            broker.close()
-            router._run_scope.cancel()
-            raise
-        metrics.start_count.add(1)
-        metrics.start_duration.record((time.perf_counter() - started) * 1000)
-        provider._running = True
-        try:
-            yield provider
-        finally:
-            provider._running = False
-            closing = time.perf_counter()
-            # The drain is bounded by the router's close_timeout plus a margin
-            # for the rest, which takes no time in memory.
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + config.router.close_timeout + 1.0
-                await provider._drain()
-            if scope.cancelled_caught:  # pragma: no cover - defensive
-                metrics.close_error_count.add(1)
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            try:
+                await nursery.start(broker.run_scheduler)
+                await nursery.start(router._run)
+            except BaseException:
+                metrics.start_error_count.add(1)
                 broker.close()
-            router._run_scope.cancel()
-            metrics.close_count.add(1)
-            metrics.close_duration.record((time.perf_counter() - closing) * 1000)
+                router._run_scope.cancel()
+                raise
+            metrics.start_count.add(1)
+            metrics.start_duration.record((time.perf_counter() - started) * 1000)
+            provider._running = True
+            try:
+                yield provider
+            finally:
+                provider._running = False
+                closing = time.perf_counter()
+                # The drain is bounded by the router's close_timeout plus a margin
+                # for the rest, which takes no time in memory.
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + config.router.close_timeout + 1.0
+                    await provider._drain()
+                if scope.cancelled_caught:  # pragma: no cover - defensive
+                    metrics.close_error_count.add(1)
+                    broker.close()
+                router._run_scope.cancel()
+                metrics.close_count.add(1)
+                metrics.close_duration.record((time.perf_counter() - closing) * 1000)
