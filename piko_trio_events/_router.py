@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -386,7 +386,18 @@ class Router:
         _current_handler.set(handler.name)
         self._active_consumers += 1
         try:
-            async with subscription as channel:
+            async with AsyncExitStack() as stack:
+                # Subscribing may take a round trip (NATS): closing interrupts it.
+                with trio.CancelScope() as scope:
+                    self._intake_scopes.add(scope)
+                    if self._stopping:
+                        scope.cancel()
+                    try:
+                        channel = await stack.enter_async_context(subscription)
+                    finally:
+                        self._intake_scopes.discard(scope)
+                if scope.cancelled_caught:
+                    return
                 if handler.concurrency == 1:
                     await self._work(handler, channel)
                 else:
