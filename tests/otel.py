@@ -33,7 +33,7 @@ def snapshot(reader: InMemoryMetricReader, scope_name: str) -> dict[tuple[str, s
             for metric in scope.metrics:
                 for point in metric.data.data_points:
                     attrs: Any = point.attributes or {}
-                    value = getattr(point, "value", None)
+                    value: Any = getattr(point, "value", None)
                     if value is None:
                         value = getattr(point, "count", 0)
                     out[(metric.name, attrs.get("topic"))] = float(value)
