@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -43,7 +43,10 @@ class Delivery:
 class Acker(Protocol):
     """What a provider gives a received message so that it can settle it."""
 
-    async def ack_message(self, message: Message) -> None: ...
+    def ack_message(self, message: Message) -> Awaitable[None] | None:
+        """Settle ``message`` as acked: at once, returning None (an in-process
+        provider: no coroutine to create and drive per message), or return an
+        awaitable that completes once it is settled (an ``async def`` does)."""
 
     async def nack_message(self, message: Message, delay: float | None) -> None: ...
 
@@ -56,7 +59,16 @@ class Message:
     Two messages are equal when their uuid, payload and metadata are equal.
     """
 
-    __slots__ = ("_acker", "_state", "_uuid", "_uuid_given", "delivery", "metadata", "payload")
+    __slots__ = (
+        "_acker",
+        "_source",
+        "_state",
+        "_uuid",
+        "_uuid_given",
+        "delivery",
+        "metadata",
+        "payload",
+    )
 
     payload: bytes
     metadata: dict[str, str]
@@ -79,6 +91,7 @@ class Message:
         self.metadata = {} if metadata is None else _checked_metadata(metadata)
         self._uuid = uuid
         self._uuid_given = uuid is not None
+        self._source: Message | None = None
         self.delivery = None
         self._state = _PENDING
         self._acker: Acker | None = None
@@ -86,15 +99,24 @@ class Message:
     @classmethod
     def _received(
         cls,
-        uuid: str,
+        uuid: str | Message,
         payload: bytes,
         metadata: dict[str, str],
         delivery: Delivery,
         acker: Acker,
     ) -> Message:
-        """Build a delivered message without re-validating (provider use)."""
+        """Build a delivered message without re-validating (provider use).
+
+        ``uuid`` may be the published message itself (in-process providers):
+        its uuid is then made only if someone reads one of them, and shared.
+        """
         self = cls.__new__(cls)
-        self._uuid = uuid
+        if isinstance(uuid, str):
+            self._uuid = uuid
+            self._source = None
+        else:
+            self._uuid = None
+            self._source = uuid
         self._uuid_given = True
         self.payload = payload
         self.metadata = metadata
@@ -108,7 +130,8 @@ class Message:
         """The message's id: a random uuid4 string unless one was given."""
         u = self._uuid
         if u is None:
-            u = self._uuid = new_uuid()
+            source = self._source
+            u = self._uuid = new_uuid() if source is None else source.uuid
         return u
 
     @property
@@ -135,7 +158,9 @@ class Message:
         acker = self._acker
         if acker is not None:
             try:
-                await acker.ack_message(self)
+                pending = acker.ack_message(self)
+                if pending is not None:
+                    await pending
             except BaseException:
                 self._state = _PENDING
                 raise

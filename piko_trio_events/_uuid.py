@@ -12,21 +12,32 @@ import uuid
 __all__ = ["derived_uuid", "new_uuid"]
 
 _BLOCK = 256  # uuids per os.urandom call
-_VARIANT = "89ab"
-_pool = ""
-_pos = 0
+# The version (4) and variant (RFC 4122) bits, set on a whole block at once.
+_VERSION = bytes((b & 0x0F) | 0x40 for b in range(256))
+_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))
+_pool: list[str] = []
+# A forked child must not hand out its parent's pooled uuids again.
+os.register_at_fork(after_in_child=_pool.clear)
+
+
+def _refill() -> list[str]:
+    raw = bytearray(os.urandom(16 * _BLOCK))
+    raw[6::16] = raw[6::16].translate(_VERSION)
+    raw[8::16] = raw[8::16].translate(_VARIANT)
+    h = raw.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-"
+        f"{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * _BLOCK, 32)
+    ]
 
 
 def new_uuid() -> str:
     """A random RFC 4122 version 4 uuid in its canonical string form."""
-    global _pool, _pos
-    pos = _pos
-    if pos >= len(_pool):
-        _pool = os.urandom(16 * _BLOCK).hex()
-        pos = 0
-    h = _pool[pos : pos + 32]
-    _pos = pos + 32
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    pool = _pool
+    if not pool:
+        pool.extend(_refill())
+    return pool.pop()
 
 
 _NAMESPACE = uuid.UUID("6f1f7c1e-2a57-4c59-9d2c-8e3b7f0a9b41")

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Final, TypeAlias
 
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from .._abc import StartPosition, validate_start
 from .._config import MemoryConfig
@@ -50,7 +51,7 @@ logger = logging.getLogger("piko_trio_events.memory")
 # (uuid, payload, metadata or None, topic, deliveries so far, ack waiter or None,
 #  history sequence or None, stored at or None).
 _Env: TypeAlias = tuple[
-    str,
+    "str | Message",  # the uuid, or the published message that will make it if asked
     bytes,
     "dict[str, str] | None",
     str,
@@ -244,9 +245,16 @@ def _sequence_of(env: _Env) -> int:
     return env[_SEQ] or 0
 
 
+def _attempted(entry: tuple[Message, _Env, int]) -> _Env:
+    """The envelope of an in-flight message, counting its delivery (for a requeue)."""
+    _, env, attempt = entry
+    return (env[0], env[1], env[2], env[3], attempt, env[5], env[6], env[7])
+
+
 def _rebuild(env: _Env) -> Message:
     metadata = env[_METADATA]
-    return Message(env[_PAYLOAD], metadata, uuid=env[_UUID])
+    uuid = env[_UUID]
+    return Message(env[_PAYLOAD], metadata, uuid=uuid if isinstance(uuid, str) else uuid.uuid)
 
 
 class MemoryPublisher:
@@ -264,8 +272,11 @@ class MemoryPublisher:
         self._published = broker.metrics.published
 
     async def publish(self, topic: str, *messages: Message) -> None:
-        validate_topic(topic)
         broker = self._broker
+        # A topic in the targets cache was validated before it got there.
+        targets = broker.targets.get(topic) if type(topic) is str else None
+        if targets is None:
+            validate_topic(topic)
         if broker.publishing_closed:
             raise ProviderClosedError(f"cannot publish to {topic!r}: the provider is closed")
         for msg in messages:
@@ -273,8 +284,9 @@ class MemoryPublisher:
                 raise TypeError(f"publish() takes Message objects, not {type(msg).__name__}")
             if msg.metadata:
                 validate_metadata(msg.metadata)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        targets = broker.targets_of(topic)
+        await checkpoint_if_cancelled()
+        if targets is None:
+            targets = broker.targets_of(topic)
         history = broker.history
         waiter = (
             _AckWaiter(len(targets) * len(messages))
@@ -289,8 +301,11 @@ class MemoryPublisher:
                 seq = broker.sequence
                 stamp = datetime.now(UTC)
             metadata = msg.metadata
+            uuid = msg._uuid
             env: _Env = (
-                msg.uuid,
+                # No uuid yet: deliveries ask this message for one if they need it
+                # (a str(uuid4()) per message would cost more than the rest of publish).
+                msg if uuid is None else uuid,
                 msg.payload,
                 dict(metadata) if metadata else None,
                 topic,
@@ -309,7 +324,7 @@ class MemoryPublisher:
                 if not queue.put_nowait(env):
                     await queue.put(env)
         self._published[topic] += len(messages)
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        await cancel_shielded_checkpoint()
         if waiter is not None:
             await waiter.event.wait()
             if waiter.failed:
@@ -336,7 +351,9 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
         self._group = group
         self._queue = group.queue
         self._state = _OPEN
-        self._inflight: dict[int, tuple[Message, _Env]] = {}
+        # id(message) -> (message, its envelope as queued, this delivery's attempt)
+        self._inflight: dict[int, tuple[Message, _Env, int]] = {}
+        self._pattern = group.pattern
         self._first: dict[str, Delivery] = {}
         metrics = broker.metrics
         self._received = metrics.received
@@ -355,26 +372,27 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
         return self._group.name
 
     def _deliver(self, env: _Env) -> Message:
-        attempt = env[_ATTEMPT] + 1
-        topic = env[_TOPIC]
-        if attempt == 1 and env[_SEQ] is None:
+        uuid, payload, metadata, topic, attempt, _, seq, stamp = env
+        attempt += 1
+        if attempt == 1 and seq is None:
             delivery = self._first.get(topic)
             if delivery is None:
                 delivery = self._first[topic] = Delivery(topic)
         else:
-            delivery = Delivery(topic, attempt, attempt > 1, env[_SEQ], env[_STAMP])
+            delivery = Delivery(topic, attempt, attempt > 1, seq, stamp)
             if attempt > 1:
-                self._redelivered[self._group.pattern] += 1
-        metadata = env[_METADATA]
-        msg = Message._received(
-            env[_UUID], env[_PAYLOAD], dict(metadata) if metadata else {}, delivery, self
-        )
-        self._inflight[id(msg)] = (
-            msg,
-            (env[0], env[1], env[2], topic, attempt, env[5], env[6], env[7]),
-        )
-        self._received[self._group.pattern] += 1
+                self._redelivered[self._pattern] += 1
+        msg = Message._received(uuid, payload, dict(metadata) if metadata else {}, delivery, self)
+        self._inflight[id(msg)] = (msg, env, attempt)
+        self._received[self._pattern] += 1
         return msg
+
+    def _take_nowait(self) -> Message | None:
+        """:meth:`receive_nowait`, but None rather than WouldBlock (the router's drain)."""
+        if self._state != _OPEN:
+            self._raise_closed()
+        queue = self._queue
+        return self._deliver(queue.get_nowait()) if queue.items else None
 
     def receive_nowait(self) -> Message:
         if self._state != _OPEN:
@@ -382,15 +400,16 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
         return self._deliver(self._queue.get_nowait())
 
     async def receive(self) -> Message:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await checkpoint_if_cancelled()
         if self._state != _OPEN:
             self._raise_closed()
-        try:
-            env = self._queue.get_nowait()
-        except trio.WouldBlock:
-            env = await self._queue.get(self)
+        queue = self._queue
+        if queue.items:
+            env = queue.get_nowait()
+            await cancel_shielded_checkpoint()
         else:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            # No WouldBlock raised and caught: the router's loop just had one.
+            env = await queue.get(self)
         return self._deliver(env)
 
     def _raise_closed(self) -> None:
@@ -398,19 +417,20 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
             raise trio.EndOfChannel
         raise trio.ClosedResourceError("this subscription was closed")
 
-    async def ack_message(self, message: Message) -> None:
+    def ack_message(self, message: Message) -> None:
+        """Settled at once: Message.ack() awaits nothing more."""
         entry = self._inflight.pop(id(message), None)
         if entry is not None:
             waiter = entry[1][_WAITER]
             if waiter is not None:
                 waiter.done()
-            self._acked[self._group.pattern] += 1
+            self._acked[self._pattern] += 1
 
     async def nack_message(self, message: Message, delay: float | None) -> None:
         entry = self._inflight.pop(id(message), None)
         if entry is not None:
-            self._nacked[self._group.pattern] += 1
-            self._broker.requeue(self._group, entry[1], delay)
+            self._nacked[self._pattern] += 1
+            self._broker.requeue(self._group, _attempted(entry), delay)
 
     def _release(self, state: int, error: BaseException) -> None:
         """Leave the group: nack what is in flight, wake waiting receivers."""
@@ -421,10 +441,10 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
         group = self._group
         group.queue.wake_receivers(self, error)
         inflight, self._inflight = self._inflight, {}
-        for msg, env in inflight.values():
-            msg._state = _NACKED
+        for entry in inflight.values():
+            entry[0]._state = _NACKED
             self._nacked[group.pattern] += 1
-            self._broker.requeue(group, env, None)
+            self._broker.requeue(group, _attempted(entry), None)
         group.members -= 1
         if group.name is None:
             self._broker.remove_private(group)

@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import outcome
 import trio
+from trio.lowlevel import current_task, reschedule, wait_task_rescheduled
 
 __all__ = ["GroupQueue"]
 
@@ -42,7 +43,7 @@ class GroupQueue(Generic[T]):
         """Hand ``item`` to a waiting receiver or buffer it; False if full."""
         if self._receivers:
             task, _ = self._receivers.popitem(last=False)
-            trio.lowlevel.reschedule(task, outcome.Value(item))
+            reschedule(task, outcome.Value(item))
             return True
         if len(self.items) < self.capacity:
             self.items.append(item)
@@ -53,7 +54,7 @@ class GroupQueue(Generic[T]):
         """Put ``item`` in the queue even past the bound (redelivery)."""
         if self._receivers:
             task, _ = self._receivers.popitem(last=False)
-            trio.lowlevel.reschedule(task, outcome.Value(item))
+            reschedule(task, outcome.Value(item))
         else:
             self.items.append(item)
 
@@ -61,14 +62,14 @@ class GroupQueue(Generic[T]):
         """Put ``item``, waiting while the queue is full (no checkpoint otherwise)."""
         if self.put_nowait(item):
             return
-        task = trio.lowlevel.current_task()
+        task = current_task()
         self._senders[task] = item
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             del self._senders[task]
             return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        await wait_task_rescheduled(abort)
 
     def get_nowait(self) -> T:
         """Take the next item, or raise trio.WouldBlock."""
@@ -83,14 +84,14 @@ class GroupQueue(Generic[T]):
 
     async def get(self, owner: object) -> T:
         """Wait for the next item (assumes :meth:`get_nowait` just raised WouldBlock)."""
-        task = trio.lowlevel.current_task()
+        task = current_task()
         self._receivers[task] = owner
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             del self._receivers[task]
             return trio.lowlevel.Abort.SUCCEEDED
 
-        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
+        return await wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
     def wake_receivers(self, owner: object, error: BaseException) -> None:
         """Raise ``error`` in every task waiting in :meth:`get` for ``owner``."""
