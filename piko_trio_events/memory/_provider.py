@@ -184,6 +184,9 @@ class _Broker:
     # -- redelivery --------------------------------------------------------------------
 
     def requeue(self, group: _Group, env: _Env, delay: float | None) -> None:
+        if self.closed:  # a late nack or hand-back: report it rather than lose it
+            self._report(group, env)
+            return
         if group.removed:
             waiter = env[_WAITER]
             if waiter is not None:
@@ -226,19 +229,23 @@ class _Broker:
             pending.extend((group, env) for env in group.queue.drain())
             group.queue.wake_senders(ProviderClosedError("the provider closed"))
         for group, env in pending:
-            waiter = env[_WAITER]
-            if waiter is not None:
-                waiter.done(failed=True)
-            if not group.removed:
-                self.undelivered.append(
-                    Undelivered(group.pattern, group.name, _rebuild(env), env[_ATTEMPT])
-                )
+            self._report(group, env)
         if self.undelivered:
             logger.warning(
                 "memory provider closed with %d message(s) not delivered to their groups",
                 len(self.undelivered),
             )
         return self.undelivered
+
+    def _report(self, group: _Group, env: _Env) -> None:
+        """``env`` never reached ``group`` and never will: the provider closed."""
+        waiter = env[_WAITER]
+        if waiter is not None:
+            waiter.done(failed=True)
+        if not group.removed:
+            self.undelivered.append(
+                Undelivered(group.pattern, group.name, _rebuild(env), env[_ATTEMPT])
+            )
 
 
 def _sequence_of(env: _Env) -> int:
@@ -410,6 +417,11 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
         else:
             # No WouldBlock raised and caught: the router's loop just had one.
             env = await queue.get(self)
+            if self._state != _OPEN:
+                # Handed to this task just before the subscription closed: it was
+                # never delivered, so it goes back to its group without counting.
+                self._broker.requeue(self._group, env, None)
+                self._raise_closed()
         return self._deliver(env)
 
     def _raise_closed(self) -> None:
@@ -433,20 +445,31 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
             self._broker.requeue(self._group, _attempted(entry), delay)
 
     def _release(self, state: int, error: BaseException) -> None:
-        """Leave the group: nack what is in flight, wake waiting receivers."""
+        """Leave the group: wake waiting receivers, nack what is in flight."""
+        if self._detach(state, error):
+            self._return_inflight()
+
+    def _detach(self, state: int, error: BaseException) -> bool:
+        """Stop receiving (waiting receivers get ``error``); False if already closed."""
         if self._state != _OPEN:
-            return
+            return False
         self._state = state
         self._broker.subscriptions.discard(self)
+        self._group.queue.wake_receivers(self, error)
+        return True
+
+    def _return_inflight(self) -> None:
+        """Nack every message delivered and not acked, back into the group."""
         group = self._group
-        group.queue.wake_receivers(self, error)
         inflight, self._inflight = self._inflight, {}
         for entry in inflight.values():
             entry[0]._state = _NACKED
             self._nacked[group.pattern] += 1
             self._broker.requeue(group, _attempted(entry), None)
         group.members -= 1
-        if group.name is None:
+        if group.name is None and self._state == _CLOSED:
+            # Closed by its owner: its queue goes with it. Ended by the provider's
+            # close: the queue stays, so that what it holds is reported.
             self._broker.remove_private(group)
 
     def close(self) -> None:
@@ -526,8 +549,13 @@ class MemorySubscriber:
         return _SubscriptionContext(MemorySubscription(broker, g))
 
     def _end_all(self) -> None:
-        for subscription in list(self._broker.subscriptions):
-            subscription._end()
+        """End every open subscription: first stop them all receiving, then put
+        back what they hold, so that nothing goes back to a member being ended."""
+        ending = [
+            s for s in list(self._broker.subscriptions) if s._detach(_ENDED, trio.EndOfChannel())
+        ]
+        for subscription in ending:
+            subscription._return_inflight()
 
 
 class MemoryProvider:
