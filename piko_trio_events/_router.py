@@ -123,6 +123,9 @@ class Handler:
             await msg.nack(_retry_after(exc))
         except PikoEventsError as nack_exc:
             logger.warning("handler %r: nack of %s failed: %r", self.name, msg.uuid, nack_exc)
+        # A handler that fails without awaiting anything gets its message back at
+        # once: without a schedule point here that loop would starve every task.
+        await trio.lowlevel.checkpoint()
 
     def _ack_failed(self, msg: Message, exc: PikoEventsError) -> None:
         logger.warning("handler %r: ack of %s failed: %r", self.name, msg.uuid, exc)
