@@ -183,7 +183,9 @@ class _Broker:
 
     # -- redelivery --------------------------------------------------------------------
 
-    def requeue(self, group: _Group, env: _Env, delay: float | None) -> None:
+    def requeue(
+        self, group: _Group, env: _Env, delay: float | None, *, front: bool = False
+    ) -> None:
         if self.closed:  # a late nack or hand-back: report it rather than lose it
             self._report(group, env)
             return
@@ -193,7 +195,10 @@ class _Broker:
                 waiter.done()
             return
         if not delay:
-            group.queue.put_back(env)
+            if front:
+                group.queue.put_front(env)
+            else:
+                group.queue.put_back(env)
             return
         due = trio.current_time() + delay
         heapq.heappush(self._delayed, (due, next(self._counter), group, env))
@@ -420,7 +425,7 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
             if self._state != _OPEN:
                 # Handed to this task just before the subscription closed: it was
                 # never delivered, so it goes back to its group without counting.
-                self._broker.requeue(self._group, env, None)
+                self._broker.requeue(self._group, env, None, front=True)
                 self._raise_closed()
         return self._deliver(env)
 

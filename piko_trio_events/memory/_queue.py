@@ -58,6 +58,14 @@ class GroupQueue(Generic[T]):
         else:
             self.items.append(item)
 
+    def put_front(self, item: T) -> None:
+        """Put ``item`` back at the head (it was taken but never handed out)."""
+        if self._receivers:
+            task, _ = self._receivers.popitem(last=False)
+            reschedule(task, outcome.Value(item))
+        else:
+            self.items.appendleft(item)
+
     async def put(self, item: T) -> None:
         """Put ``item``, waiting while the queue is full (no checkpoint otherwise)."""
         if self.put_nowait(item):
