@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -210,7 +211,9 @@ class Message:
         )
 
 
-_FORBIDDEN_KEY_CHARS = frozenset(" \t\r\n:")
+#: A NATS header name: an HTTP token (RFC 9110).
+_HEADER_KEY: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_EDGE_WHITESPACE: Final = " \t\v\f"
 
 
 def _checked_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -230,11 +233,17 @@ def validate_metadata(metadata: Mapping[str, str]) -> None:
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata keys and values must be str: {key!r}: {value!r}")
-        if not key or not _FORBIDDEN_KEY_CHARS.isdisjoint(key):
-            raise ValueError(f"metadata key {key!r} is empty or holds whitespace or ':'")
+        if not _HEADER_KEY.fullmatch(key):
+            raise ValueError(
+                f"metadata key {key!r} is not a valid header name (letters, digits and "
+                "!#$%&'*+-.^_`|~ only)"
+            )
         if key.lower().startswith("nats-"):
             raise ValueError(f"metadata key {key!r}: keys starting with 'Nats-' are reserved")
         if key == UUID_HEADER:
             raise ValueError(f"metadata key {key!r} is reserved for the message uuid")
         if "\r" in value or "\n" in value:
             raise ValueError(f"metadata value of {key!r} holds a line break")
+        if value and (value[0] in _EDGE_WHITESPACE or value[-1] in _EDGE_WHITESPACE):
+            # NATS header values lose it on the way: refuse rather than alter.
+            raise ValueError(f"metadata value of {key!r} starts or ends with whitespace")

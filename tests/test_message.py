@@ -133,6 +133,10 @@ def test_delivery_is_frozen() -> None:
         {"a:b": "x"},
         {"": "x"},
         {"k": "line\nbreak"},
+        {"a/b": "x"},
+        {"clé": "x"},
+        {"k": " padded"},
+        {"k": "padded\t"},
     ],
 )
 def test_metadata_that_nats_cannot_carry_is_rejected(metadata: dict[str, str]) -> None:
