@@ -31,6 +31,7 @@ from ._types import HandlerFunc as HandlerFunc
 from ._types import Middleware as Middleware
 from ._types import current_handler_name as current_handler_name
 from .memory import open_memory_provider as open_memory_provider
+from .nats import open_nats_provider as open_nats_provider
 
 __all__ = [
     "AckError",
@@ -59,6 +60,7 @@ __all__ = [
     "cancel_on_signals",
     "current_handler_name",
     "open_memory_provider",
+    "open_nats_provider",
 ]
 
 __version__ = "0.1.0"

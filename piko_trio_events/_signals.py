@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ._util import single_error
+
 __all__ = ["cancel_on_signals"]
 
 
@@ -36,7 +38,7 @@ async def cancel_on_signals(
             print("stopped by a signal")
     """
     wanted = signals or (signal.SIGTERM, signal.SIGINT)
-    with trio.CancelScope() as scope:
+    with single_error(), trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(_watch, scope, wanted)
             try:

@@ -1,4 +1,7 @@
-"""``python -m piko_trio_events.bench [memory|all] [options]``: run the benchmarks.
+"""``python -m piko_trio_events.bench [memory|nats|all] [options]``: run the benchmarks.
+
+``nats`` runs raw nats-py and this library side by side against an embedded
+nats-server (``nats --help`` for its options).
 
 Each contender runs in its own subprocess, the contenders alternate round by
 round, and the table shows the median of the rounds and the ratios to the
@@ -112,7 +115,10 @@ def parser() -> argparse.ArgumentParser:
             " rounds, median of the rounds. With no scenario, runs all."
         ),
     )
-    sub = p.add_subparsers(dest="scenario", metavar="{" + ",".join([*SCENARIOS, "all"]) + "}")
+    sub = p.add_subparsers(
+        dest="scenario", metavar="{" + ",".join([*SCENARIOS, "nats", "all"]) + "}"
+    )
+    sub.add_parser("nats", help="core NATS and JetStream vs raw nats-py (own options)")
     every = sub.add_parser("all", parents=[common], help="every scenario available")
     for name, entry in SCENARIOS.items():
         one = sub.add_parser(name, parents=[common], help=entry.help)
@@ -123,6 +129,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["nats"]:
+        # The NATS side-by-side runs (raw nats-py vs this library) have their own
+        # harness beside the bridge; it starts its own nats-server.
+        from ..nats import _bench
+
+        return _bench.main(args_list[1:])
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, "all")
     args = parser().parse_args(args_list)

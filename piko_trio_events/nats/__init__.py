@@ -1,0 +1,20 @@
+"""The NATS provider (core NATS and JetStream), trio-native over nats-py.
+
+Importing this package loads neither asyncio's event loop machinery for
+nats-py, nor nats-py, nor trio-asyncio: they are imported when a provider
+opens.
+"""
+
+from ._provider import NatsProvider as NatsProvider
+from ._provider import NatsPublisher as NatsPublisher
+from ._provider import NatsSubscriber as NatsSubscriber
+from ._provider import NatsSubscription as NatsSubscription
+from ._provider import open_nats_provider as open_nats_provider
+
+__all__ = [
+    "NatsProvider",
+    "NatsPublisher",
+    "NatsSubscriber",
+    "NatsSubscription",
+    "open_nats_provider",
+]

@@ -1,0 +1,392 @@
+"""The trio <-> asyncio bridge, batching crossings in both directions.
+
+nats-py runs on trio-asyncio's loop. Crossing from trio into asyncio with
+``aio_as_trio`` per call costs 70-170 us, so this module crosses once at
+setup and then talks through plain data structures in the one thread both
+sides share:
+
+* trio -> asyncio: :class:`Bridge` owns a deque of outgoing items (core
+  publishes and jobs) and one long-lived asyncio *pump* task. Trio appends
+  and, only on empty -> non-empty, wakes the pump by resolving the asyncio
+  future it waits on (``Future.set_result`` directly; same thread). The
+  pump drains everything queued in one go, so one flush carries a batch.
+  The deque is bounded: a producer that finds it full waits (backpressure).
+* asyncio -> trio: :class:`Inbox` is a bounded deque filled by nats-py
+  subscription callbacks; the callback wakes trio with ``trio.Event.set()``
+  only on empty -> non-empty, and when the inbox is full it awaits an
+  asyncio future that trio resolves once it has made room, so nats-py's own
+  (bounded) pending queue takes the overflow.
+
+Nothing here leaves an asyncio task behind: jobs are tracked and cancelled
+when their trio caller is cancelled, and :meth:`Bridge.aclose` cancels and
+awaits every task the bridge started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import outcome
+import trio
+
+from .._errors import ProviderClosedError
+
+__all__ = ["Bridge", "Inbox", "Job"]
+
+T = TypeVar("T")
+
+#: Seconds a cancelled job gets to finish its asyncio side.
+_CANCEL_GRACE = 5.0
+
+
+class Job(Generic[T]):
+    """An asyncio coroutine function run by the pump, awaited from trio."""
+
+    __slots__ = ("_args", "_cancelled", "_done", "_fn", "_inline", "_outcome", "_task")
+
+    def __init__(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], inline: bool = False
+    ) -> None:
+        self._inline = inline
+        self._fn = fn
+        self._args = args
+        self._done = trio.Event()
+        self._outcome: outcome.Outcome[T] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._cancelled = False
+
+    def _start(self, bridge: Bridge) -> None:
+        if self._cancelled:
+            self._finish(outcome.Error(asyncio.CancelledError()))
+            return
+        task = bridge._loop.create_task(self._run())
+        self._task = task
+        bridge._tasks.add(task)
+        task.add_done_callback(bridge._tasks.discard)
+
+    async def _run(self) -> None:
+        try:
+            value = await self._fn(*self._args)
+        except BaseException as exc:
+            self._finish(outcome.Error(exc))
+            if not isinstance(exc, Exception | asyncio.CancelledError):
+                raise
+        else:
+            self._finish(outcome.Value(value))
+
+    def _finish(self, result: outcome.Outcome[T]) -> None:
+        if self._outcome is None:
+            self._outcome = result
+            self._done.set()
+
+    def cancel(self) -> None:
+        """Cancel the job: it never starts, or its asyncio task is cancelled."""
+        self._cancelled = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def wait(self) -> T:
+        """Wait for the result (trio). If cancelled, cancel the job and wait for it."""
+        try:
+            await self._done.wait()
+        except trio.Cancelled:
+            self.cancel()
+            # asyncio cancellation is cooperative: wait (boundedly) for it to land.
+            with trio.move_on_after(_CANCEL_GRACE) as scope:
+                scope.shield = True
+                await self._done.wait()
+            raise
+        assert self._outcome is not None
+        try:
+            return self._outcome.unwrap()
+        except asyncio.CancelledError:
+            # Cancelled from the asyncio side: the bridge is closing.
+            raise ProviderClosedError("the provider closed before this finished") from None
+
+
+class Bridge:
+    """One asyncio pump task serving a trio program; see the module docstring.
+
+    Use from trio only. ``serve`` must run (in a nursery) for anything queued
+    to happen.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = 1024) -> None:
+        self._loop = loop
+        self._limit = limit
+        self._out: deque[Any] = deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._space: trio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._publish: Callable[..., Awaitable[None]] | None = None
+        self._write: Callable[[list[bytes]], Awaitable[None]] | None = None
+        self._on_publish_error: Callable[[BaseException, int], None] | None = None
+        self._closed = False
+        self._pump_task: asyncio.Task[Any] | None = None
+        self.publish_errors = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def set_publisher(
+        self,
+        publish: Callable[..., Awaitable[None]],
+        write: Callable[[list[bytes]], Awaitable[None]],
+        on_error: Callable[[BaseException, int], None] | None = None,
+    ) -> None:
+        """Set how queued publishes reach the connection (asyncio coroutine functions).
+
+        ``publish(subject, payload, reply, headers)`` sends one message;
+        ``write(commands)`` hands a batch of encoded commands to the
+        connection's outgoing buffer and kicks its flusher once.
+        """
+        self._publish = publish
+        self._write = write
+        self._on_publish_error = on_error
+
+    # -- trio side -----------------------------------------------------------
+
+    def _kick(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+    def push(self, item: Any) -> None:
+        """Queue a core publish, encoded (``bytes``) or as ``(subject, payload,
+        reply, headers)``; never waits."""
+        out = self._out
+        out.append(item)
+        if len(out) == 1:
+            self._kick()
+
+    @property
+    def full(self) -> bool:
+        return len(self._out) >= self._limit
+
+    async def wait_space(self) -> None:
+        """Wait until the pump drained the outgoing queue (backpressure)."""
+        while self._out and not self._closed:
+            space = self._space
+            if space is None:
+                space = self._space = trio.Event()
+            self._kick()
+            await space.wait()
+
+    def submit(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Job[T]:
+        """Queue ``fn(*args)`` to run as an asyncio task, started in order with publishes."""
+        if self._closed:
+            raise RuntimeError("the bridge is closed")
+        job: Job[T] = Job(fn, args)
+        self.push(job)
+        return job
+
+    def submit_inline(self, fn: Callable[..., Awaitable[T]], *args: Any) -> Job[T]:
+        """Queue ``fn(*args)`` to be awaited by the pump itself, strictly in order
+        with publishes. Only for coroutines that do not block (nats-py's
+        ``subscribe`` only buffers its SUB command)."""
+        if self._closed:
+            raise RuntimeError("the bridge is closed")
+        job: Job[T] = Job(fn, args, inline=True)
+        self.push(job)
+        return job
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run the asyncio coroutine function ``fn(*args)`` and return its result."""
+        return await self.submit(fn, *args).wait()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the pump until cancelled (trio; one crossing for its whole life)."""
+        run_aio_coroutine = self._loop.run_aio_coroutine  # type: ignore[attr-defined]
+        task_status.started()
+        await run_aio_coroutine(self._pump())
+
+    async def aclose(self) -> None:
+        """Stop the pump, cancel every other asyncio task on the loop and wait
+        for them (trio; call it while the connection is closed, last)."""
+        self._closed = True
+        import trio_asyncio
+
+        for item in self._out:
+            if isinstance(item, Job):
+                item.cancel()
+                item._start(self)
+        self._out.clear()
+        self._kick()
+        if self._space is not None:
+            self._space.set()
+        # Then every other asyncio task on the loop (nats-py's reader, flusher,
+        # reconnect attempts, ...), while the loop still runs every callback:
+        # trio-asyncio's own shutdown stops running callbacks at some point, and
+        # a task whose cancellation still needs one (a pending connect) would
+        # then never finish. Bounded by the caller's (shielded) deadline.
+        tasks = [
+            task
+            for task in asyncio.all_tasks(self._loop)
+            if task is not self._pump_task and not task.done()
+        ]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await trio_asyncio.run_aio_future(task)
+
+    # -- asyncio side --------------------------------------------------------
+
+    async def _pump(self) -> None:
+        # The loop ends on ``aclose()`` by itself: nats-py swallows a
+        # CancelledError in places (``_flush_pending``), so cancellation alone
+        # cannot be trusted to stop it.
+        self._pump_task = asyncio.current_task()
+        out = self._out
+        loop = self._loop
+        while not self._closed:
+            if not out:
+                space = self._space
+                if space is not None:
+                    self._space = None
+                    space.set()
+                wake = self._wake = loop.create_future()
+                await wake
+                continue
+            publish = self._publish
+            write = self._write
+            commands: list[bytes] = []
+            while out:
+                item = out.popleft()
+                kind = type(item)
+                if kind is bytes:  # an encoded core publish: the hot path
+                    commands.append(item)
+                    continue
+                if commands:
+                    await self._write_batch(write, commands)
+                    commands = []
+                if kind is tuple:
+                    if publish is None:  # pragma: no cover - set before any publish
+                        continue
+                    try:
+                        await publish(item[0], item[1], item[2], item[3])
+                    except Exception as exc:  # core NATS is at-most-once
+                        self._failed(exc, 1)
+                elif item._inline and not item._cancelled:
+                    await item._run()
+                else:
+                    item._start(self)
+            if commands:
+                await self._write_batch(write, commands)
+
+    async def _write_batch(
+        self, write: Callable[[list[bytes]], Awaitable[None]] | None, commands: list[bytes]
+    ) -> None:
+        if write is None:  # pragma: no cover - set before any publish
+            self._failed(RuntimeError("not connected"), len(commands))
+            return
+        try:
+            await write(commands)
+        except Exception as exc:  # core NATS is at-most-once
+            self._failed(exc, len(commands))
+
+    def _failed(self, exc: BaseException, count: int) -> None:
+        self.publish_errors += count
+        if self._on_publish_error is not None:
+            self._on_publish_error(exc, count)
+
+
+class Inbox(Generic[T]):
+    """A bounded buffer from nats-py callbacks (asyncio) to one trio consumer.
+
+    ``put`` is the asyncio side (a nats-py callback); ``get_nowait`` /
+    ``wait`` the trio side. When the inbox holds ``limit`` items, ``put``
+    waits until trio has taken half of them.
+    """
+
+    __slots__ = ("_closed", "_items", "_limit", "_loop", "_room", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self._loop = loop
+        self._items: deque[T] = deque()
+        self._limit = limit
+        self._waiter: trio.Event | None = None
+        self._room: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # asyncio side
+    async def put(self, item: T) -> None:
+        items = self._items
+        items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+        if len(items) >= self._limit and not self._closed:
+            room = self._room = self._loop.create_future()
+            await room
+
+    def put_nowait(self, item: T) -> None:
+        """Add an item from trio (a local requeue); never waits."""
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    # trio side
+    def get_nowait(self) -> T:
+        items = self._items
+        if not items:
+            raise trio.WouldBlock
+        item = items.popleft()
+        room = self._room
+        if room is not None and len(items) <= self._limit // 2:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+        return item
+
+    def drain(self) -> list[T]:
+        """Take everything buffered (trio side)."""
+        items = list(self._items)
+        self._items.clear()
+        self._release()
+        return items
+
+    def _release(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+
+    async def wait(self) -> None:
+        """Wait until an item is available or the inbox is closed (trio)."""
+        if self._items or self._closed:
+            return
+        waiter = self._waiter
+        if waiter is None:
+            waiter = self._waiter = trio.Event()
+        await waiter.wait()
+
+    def wake(self) -> None:
+        """Wake a waiting consumer without an item (trio or asyncio side)."""
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._release()
+        self.wake()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,1459 @@
+"""The NATS provider: core NATS and JetStream behind the provider port.
+
+nats-py drives the wire protocol on trio-asyncio's loop, inside the
+provider's nursery; :mod:`._bridge` batches every crossing. This module
+imports asyncio, nats-py and trio-asyncio only inside functions, so that
+importing :mod:`piko_trio_events.nats` loads none of them.
+
+Delivery guarantees:
+
+* core NATS (``jetstream.disabled=True``) is at-most-once. A ``nack()``
+  re-queues the message inside this process (so router retries behave as
+  on the memory provider); it does not survive a crash or the end of the
+  subscription.
+* JetStream is at-least-once: pull consumers with explicit acks. A message
+  neither acked nor nacked is redelivered by the server after
+  ``ack_wait_timeout``; while it is held here (buffered or in a handler),
+  the provider tells the server it is in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from .._abc import StartPosition, validate_start
+from .._config import NatsConfig, redact_url
+from .._errors import (
+    AckError,
+    ConfigError,
+    ConnectError,
+    InvalidTopicError,
+    PikoEventsError,
+    ProviderClosedError,
+    PublishError,
+    StreamNotFoundError,
+)
+from .._message import _NACKED, UUID_HEADER, Delivery, Message, validate_metadata
+from .._metrics import ProviderMetrics, provider_metrics
+from .._router import Router
+from .._topics import validate_topic
+from .._uuid import new_uuid
+from ._names import consumer_name, queue_group, stream_name, topic_root
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription as NatsSub
+    from nats.js import JetStreamContext
+    from nats.js.manager import JetStreamManager
+
+    from ._bridge import Bridge, Job
+
+__all__ = [
+    "NatsProvider",
+    "NatsPublisher",
+    "NatsSubscriber",
+    "NatsSubscription",
+    "open_nats_provider",
+]
+
+logger = logging.getLogger("piko_trio_events.nats")
+
+#: Core publish calls between two schedule points (one outgoing batch).
+_YIELD_EVERY: Final = 256
+#: Encoded core publishes queued before ``publish`` waits for the pump.
+OUT_LIMIT: Final = 1024
+#: Messages a subscription buffers (and, under JetStream, holds unsettled: its
+#: pull requests never ask for more than this room).
+_CAPACITY: Final = 256
+#: Messages a core NATS subscription buffers before nats-py's queue takes the
+#: overflow (core NATS has no flow control: past both, the server's messages
+#: are dropped and counted in ``provider.dropped``).
+_CORE_BUFFER: Final = 8192
+#: nats-py's pending limits per subscription (with -1 its queue is unbounded).
+_PENDING_MSGS: Final = 65_536
+_PENDING_BYTES: Final = 64 * 1024 * 1024
+#: JetStream pull requests: lifetime and idle heartbeat (seconds).
+_PULL_EXPIRES: Final = 10.0
+_PULL_HEARTBEAT: Final = 1.0
+#: How long a JetStream publish waits for the server's acks (seconds).
+_PUBLISH_ACK_TIMEOUT: Final = 5.0
+#: How long a confirmed ack waits for the server (seconds).
+_ACK_TIMEOUT: Final = 5.0
+#: How long JetStream API requests wait (seconds).
+_API_TIMEOUT: Final = 5.0
+
+
+def _scrubber(config: NatsConfig) -> Callable[[str], str]:
+    """A function that replaces every configured secret in a text by ``***``."""
+    from urllib.parse import unquote, urlsplit
+
+    secrets: set[str] = set()
+    for seed in config.url.split(","):
+        try:
+            parts = urlsplit(seed.strip())
+        except ValueError:
+            continue
+        for value in (parts.password, parts.username if parts.password is None else None):
+            if value:
+                secrets.update({value, unquote(value)})
+    for key in ("password", "token", "nkeys_seed", "nkeys_seed_str", "user_credentials"):
+        value = config.nats_options.get(key)
+        if isinstance(value, str | bytes) and value:
+            secrets.add(value.decode() if isinstance(value, bytes) else value)
+    ordered = sorted((s for s in secrets if len(s) >= 3), key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        text = redact_url(text)
+        for secret in ordered:
+            text = text.replace(secret, "***")
+        return text
+
+    return scrub
+
+
+def _check_message(msg: object) -> None:
+    if not isinstance(msg, Message):
+        raise TypeError(f"publish() takes Message objects, not {type(msg).__name__}")
+
+
+_HEADER_KEY: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UUID_LINE: Final = b"NATS/1.0\r\n" + UUID_HEADER.encode() + b": "
+
+
+def _encode(prefix: bytes, msg: Message, track_id: bool) -> bytes:
+    """The HPUB command for ``msg`` (``prefix`` is ``b"HPUB <subject> "``).
+
+    The same bytes nats-py's ``publish(subject, payload, headers=...)``
+    writes, built in one go: the uuid in ``_watermill_message_uuid``, the
+    metadata as headers, the uuid as ``Nats-Msg-Id`` with ``track_id``.
+    """
+    uuid = msg.uuid.encode()
+    metadata = msg.metadata
+    if metadata or track_id:
+        parts = [_UUID_LINE, uuid, b"\r\n"]
+        for key, value in metadata.items():
+            if not _HEADER_KEY.fullmatch(key):
+                raise ValueError(f"metadata key {key!r} is not a valid NATS header name")
+            parts += (key.encode(), b": ", value.encode(), b"\r\n")
+        if track_id:
+            parts += (b"Nats-Msg-Id: ", uuid, b"\r\n")
+        parts.append(b"\r\n")
+        header = b"".join(parts)
+    else:
+        header = _UUID_LINE + uuid + b"\r\n\r\n"
+    payload = msg.payload
+    size = len(header)
+    return b"%b%d %d\r\n%b%b\r\n" % (prefix, size, size + len(payload), header, payload)
+
+
+def _metadata_of(headers: dict[str, str] | None) -> tuple[str, dict[str, str]]:
+    """The uuid and the user metadata of received headers (consumes ``headers``)."""
+    if not headers:
+        return new_uuid(), {}
+    uuid = headers.pop(UUID_HEADER, None) or new_uuid()
+    if headers:
+        for key in [k for k in headers if k[:5].lower() == "nats-"]:
+            del headers[key]
+    return uuid, headers
+
+
+class _Connection:
+    """The one connection of a provider, its bridge and what depends on them."""
+
+    def __init__(self, config: NatsConfig, bridge: Bridge, metrics: ProviderMetrics) -> None:
+        self.config = config
+        self.bridge = bridge
+        self.metrics = metrics
+        self.scrub = _scrubber(config)
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.jsm: JetStreamManager | None = None
+        self.connected = False
+        self.closed = False
+        self.errors: list[str] = []  # causes seen during the first connect
+        self.last_error = ""
+        self.events_send, self.events_receive = trio.open_memory_channel[str](256)
+        self.streams: dict[str, str] = {}  # topic (or root) -> stream name
+        self.stream_lock = trio.Lock()
+        self.subscriptions: set[NatsSubscription] = set()
+        self.dropped = 0
+        self.replies = _Replies(self)
+
+    # -- nats-py callbacks (asyncio side, trio's thread) -------------------------------
+
+    def _event(self, event: str) -> None:
+        with suppress(trio.WouldBlock, trio.ClosedResourceError):
+            self.events_send.send_nowait(event)
+
+    async def _error_cb(self, error: Exception) -> None:
+        from nats.errors import SlowConsumerError
+
+        if isinstance(error, SlowConsumerError):
+            self.dropped += 1
+            self._event("slow_consumer")
+            return
+        text = self.scrub(str(error) or type(error).__name__)
+        self.last_error = text
+        if len(self.errors) < 32:
+            self.errors.append(text)
+        self._event("error")
+
+    async def _disconnected_cb(self) -> None:
+        self._event("disconnected")
+
+    async def _reconnected_cb(self) -> None:
+        self._event("reconnected")
+
+    async def _closed_cb(self) -> None:
+        self._event("closed")
+
+    # -- connecting --------------------------------------------------------------------
+
+    async def _aio_connect(self) -> Client:
+        from nats.aio.client import Client
+
+        config = self.config
+        servers = [seed.strip() for seed in config.url.split(",")]
+        options: dict[str, Any] = dict(config.nats_options)
+        nc = Client()
+        try:
+            # Bounded attempts for the first connect: with -1 nats-py would retry
+            # forever and hide the cause. The configured policy applies afterwards.
+            await nc.connect(
+                servers=servers,
+                name=config.cluster_id,
+                connect_timeout=config.connect_timeout,  # type: ignore[arg-type,unused-ignore]
+                reconnect_time_wait=min(config.reconnect_wait, 0.1),  # type: ignore[arg-type,unused-ignore]
+                max_reconnect_attempts=1,
+                allow_reconnect=True,
+                error_cb=self._error_cb,
+                disconnected_cb=self._disconnected_cb,
+                reconnected_cb=self._reconnected_cb,
+                closed_cb=self._closed_cb,
+                **options,
+            )
+        except BaseException:
+            await nc.close()
+            raise
+        nc.options["max_reconnect_attempts"] = config.max_reconnect_attempts
+        nc.options["reconnect_time_wait"] = config.reconnect_wait
+        for server in nc._server_pool:
+            server.reconnects = 0
+        return nc
+
+    async def connect(self) -> None:
+        """Connect within ``connect_timeout`` or raise ConnectError (trio)."""
+        config = self.config
+        self.metrics.connection_attempts.add(1)
+        cause = ""
+        nc = None
+        with trio.move_on_after(config.connect_timeout):
+            try:
+                nc = await self.bridge.call(self._aio_connect)
+            except Exception as exc:
+                cause = self.scrub(str(exc) or type(exc).__name__)
+        if nc is None:
+            self.metrics.connection_errors.add(1)
+            reasons = [e for e in self.errors if e]
+            if any("authorization" in r.lower() for r in reasons):
+                reason = "authorization violation (bad credentials)"
+            else:
+                reason = reasons[-1] if reasons else (cause or "timed out")
+            raise ConnectError(
+                f"could not connect to NATS at {redact_url(config.url)} within "
+                f"{config.connect_timeout:g}s: {reason}"
+            )
+        self.errors.clear()
+        self.nc = nc
+        self.connected = True
+        self.bridge.set_publisher(nc.publish, self._write, self._on_publish_error)
+        if not config.jetstream.disabled:
+            self.js = nc.jetstream(timeout=_API_TIMEOUT)
+            self.jsm = nc.jsm(timeout=_API_TIMEOUT)
+            await self.replies.start()
+
+    async def _write(self, commands: list[bytes]) -> None:
+        """Hand encoded PUB/HPUB commands to nats-py's outgoing buffer, as
+        ``Client.publish`` does one at a time, and kick its flusher once."""
+        nc = self.nc
+        assert nc is not None
+        if nc.is_closed or nc.is_draining_pubs:
+            raise ProviderClosedError("the NATS connection is closed")
+        size = 0
+        for command in commands:
+            size += len(command)
+        if not nc.is_connected and nc._pending_data_size + size > nc._max_pending_size:
+            raise PublishError(
+                "disconnected and the reconnect buffer is full", unconfirmed=len(commands)
+            )
+        nc._pending.extend(commands)
+        nc._pending_data_size += size
+        nc.stats["out_msgs"] += len(commands)
+        nc.stats["out_bytes"] += size
+        await nc._flush_pending(force_flush=nc._pending_data_size > nc._max_pending_size)
+
+    def _on_publish_error(self, error: BaseException, count: int) -> None:
+        self.dropped += count
+        if self.dropped in (1, 10, 100, 1000) or self.dropped % 10_000 == 0:
+            logger.warning(
+                "core NATS publish dropped (%d so far): %s", self.dropped, self.scrub(str(error))
+            )
+
+    # -- the reconnect watcher ---------------------------------------------------------
+
+    async def watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the connection's events: keep ``connected``, re-provision after a
+        reconnect, count reconnections (a task of the provider nursery)."""
+        task_status.started()
+        async for event in self.events_receive:
+            if event == "disconnected":
+                if self.connected and not self.closed:
+                    logger.warning("NATS connection lost; reconnecting")
+                self.connected = False
+            elif event == "reconnected":
+                self.connected = True
+                self.metrics.reconnections.add(1)
+                logger.info("NATS connection re-established")
+                self.streams.clear()  # a restarted server may have lost them
+                for subscription in list(self.subscriptions):
+                    subscription._on_reconnect()
+            elif event == "closed":
+                self.connected = False
+            elif event == "slow_consumer":
+                if self.dropped in (1, 10, 100, 1000) or self.dropped % 10_000 == 0:
+                    logger.warning("slow consumer: nats-py dropped %d message(s)", self.dropped)
+            elif event == "error" and self.nc is not None:
+                # (errors of the first connect are reported by its ConnectError)
+                self.metrics.connection_errors.add(1)
+                logger.warning("NATS error: %s", self.last_error)
+
+    # -- JetStream provisioning --------------------------------------------------------
+
+    async def stream_for(self, topic: str) -> str:
+        """The stream that holds ``topic``; with auto-provisioning, created on first use."""
+        jetstream = self.config.jetstream
+        root = topic_root(topic)
+        key = root if jetstream.auto_provision else topic
+        name = self.streams.get(key)
+        if name is not None:
+            return name
+        if root in ("*", ">"):
+            raise InvalidTopicError(
+                f"topic {topic!r}: under JetStream the first token may not be a wildcard"
+            )
+        async with self.stream_lock:
+            name = self.streams.get(key)
+            if name is None:
+                name = await self.bridge.call(self._aio_stream_for, topic, root)
+                self.streams[key] = name
+            return name
+
+    async def _aio_stream_for(self, topic: str, root: str) -> str:
+        from nats.js.api import StreamConfig
+        from nats.js.errors import APIError, NotFoundError
+
+        jsm = self.jsm
+        assert jsm is not None
+        jetstream = self.config.jetstream
+        for attempt in range(3):
+            try:
+                return await jsm.find_stream_name_by_subject(topic)
+            except NotFoundError:
+                if not jetstream.auto_provision:
+                    raise StreamNotFoundError(
+                        f"no JetStream stream holds topic {topic!r} (auto_provision is off)"
+                    ) from None
+            name = stream_name(jetstream.durable_prefix, root)
+            try:
+                await jsm.add_stream(
+                    StreamConfig(
+                        name=name,
+                        subjects=[root, root + ".>"],
+                        num_replicas=jetstream.replicas,
+                        duplicate_window=jetstream.duplicate_window,
+                    )
+                )
+                return name
+            except APIError as exc:
+                # 10058: name in use, 10065: subjects overlap (a racing creator won).
+                if exc.err_code not in (10058, 10065) or attempt == 2:
+                    raise
+        raise StreamNotFoundError(f"could not provision a stream for {topic!r}")  # pragma: no cover
+
+    async def close(self) -> None:
+        """Drain and close the connection (trio; bounded by the caller)."""
+        self.closed = True
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            return
+        with trio.move_on_after(max(self.config.close_timeout, 0.1)):
+            try:
+                await self.bridge.call(nc.drain)
+            except Exception as exc:
+                logger.debug("NATS drain failed: %s", self.scrub(str(exc)))
+        if not nc.is_closed:
+            with trio.move_on_after(2.0):
+                try:
+                    await self.bridge.call(nc.close)
+                except Exception as exc:
+                    logger.debug("NATS close failed: %s", self.scrub(str(exc)))
+        self.connected = False
+
+
+class _Waiter:
+    """Replies expected for one batch (a JetStream publish, a confirmed ack)."""
+
+    __slots__ = ("_done", "_prefix", "_seen", "no_stream", "reason", "remaining", "unconfirmed")
+
+    def __init__(self, prefix: bytes, count: int) -> None:
+        self._prefix = prefix
+        self._seen = bytearray(count)
+        self.remaining = count
+        self.unconfirmed = count
+        self.reason = ""
+        self.no_stream = False
+        self._done = trio.Event()
+
+    def reply(self, index: int) -> bytes:
+        return self._prefix + str(index).encode()
+
+    def _answer(self, index: int, error: str | None, no_stream: bool = False) -> None:
+        seen = self._seen
+        if index >= len(seen) or seen[index]:
+            return
+        seen[index] = 1
+        self.remaining -= 1
+        if error is None:
+            self.unconfirmed -= 1
+        else:
+            self.reason = self.reason or error
+            self.no_stream = self.no_stream or no_stream
+        if self.remaining == 0:
+            self._done.set()
+
+    async def wait(self, limit: float) -> None:
+        """Wait for every reply, at most ``limit`` seconds, shielded from
+        cancellation (what is in flight finishes or fails first)."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + limit
+            await self._done.wait()
+
+
+class _Replies:
+    """One inbox subscription collecting the replies of JetStream publishes and
+    confirmed acks, counted per batch: no asyncio future per message (each
+    future callback would cost a trio scheduling round under trio-asyncio)."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._waiters: dict[str, _Waiter] = {}
+        self._prefix = ""
+        self._next = 0
+
+    async def start(self) -> None:
+        nc = self._conn.nc
+        assert nc is not None
+        self._prefix = nc.new_inbox() + "."
+        await self._conn.bridge.call(
+            nc.subscribe,
+            self._prefix + ">",
+            "",
+            self._on_reply,
+            None,
+            0,
+            _PENDING_MSGS,
+            _PENDING_BYTES,
+        )
+
+    def expect(self, count: int) -> _Waiter:
+        self._next += 1
+        key = str(self._next)
+        waiter = _Waiter(f"{self._prefix}{key}.".encode(), count)
+        self._waiters[key] = waiter
+        return waiter
+
+    def forget(self, waiter: _Waiter) -> None:
+        key = waiter._prefix.decode()[len(self._prefix) : -1]
+        self._waiters.pop(key, None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        key, _, index = msg.subject[len(self._prefix) :].partition(".")
+        waiter = self._waiters.get(key)
+        if waiter is None or not index.isdigit():
+            return
+        headers = msg.headers
+        if headers and headers.get("Status") == "503":
+            waiter._answer(
+                int(index), "no response from stream (no stream holds the subject)", True
+            )
+        else:
+            data = msg.data
+            if b'"error"' in data:
+                try:
+                    description = json.loads(data)["error"].get("description", "error")
+                except (ValueError, KeyError, AttributeError):
+                    description = data.decode(errors="replace")
+                waiter._answer(int(index), str(description))
+            else:
+                waiter._answer(int(index), None)
+        if waiter.remaining == 0:
+            self._waiters.pop(key, None)
+
+
+class NatsPublisher:
+    """Publishes to NATS subjects (core) or JetStream streams.
+
+    Core NATS: ``publish`` returns once the messages are handed to the
+    connection's outgoing batch; it is a cancellation point every call and
+    yields to the scheduler once per batch. JetStream: ``publish`` returns
+    once every message is stored (the acks of one call are pipelined); a
+    call cancelled mid-batch first finishes or fails the batch in flight
+    (bounded by ``close_timeout``). A publish that cannot complete raises
+    :class:`PublishError` with the number of unconfirmed messages.
+    """
+
+    def __init__(self, connection: _Connection) -> None:
+        self._conn = connection
+        self._bridge = connection.bridge
+        jetstream = connection.config.jetstream
+        self._jetstream = not jetstream.disabled
+        self._track_id = jetstream.track_message_id
+        self._published = connection.metrics.published
+        self._calls = 0
+        self._closed = False
+        self._prefixes: dict[str, bytes] = {}
+        self._max_payload = 1024 * 1024  # the server's, once connected
+
+    async def publish(self, topic: str, *messages: Message) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        validate_topic(topic)
+        if self._closed:
+            raise ProviderClosedError(f"cannot publish to {topic!r}: the provider is closed")
+        if self._jetstream:
+            await self._publish_js(topic, messages)
+            return
+        prefix = self._prefixes.get(topic)
+        if prefix is None:
+            prefix = self._prefixes[topic] = b"HPUB " + topic.encode() + b" "
+        track = self._track_id
+        limit = self._max_payload
+        # Check and encode every message before queueing any: all or nothing.
+        encoded = []
+        for msg in messages:
+            if type(msg) is not Message:
+                _check_message(msg)
+            if msg.metadata:
+                validate_metadata(msg.metadata)
+            if len(msg.payload) > limit:
+                raise ValueError(
+                    f"payload of {len(msg.payload)} bytes exceeds the server's limit of "
+                    f"{limit} bytes"
+                )
+            encoded.append(_encode(prefix, msg, track))
+        bridge = self._bridge
+        out = bridge._out
+        if encoded:
+            was_empty = not out
+            out.extend(encoded)
+            if was_empty:
+                bridge._kick()
+            self._published[topic] += len(encoded)
+        if len(out) >= OUT_LIMIT:
+            await bridge.wait_space()
+        else:
+            self._calls += 1
+            if self._calls >= _YIELD_EVERY:
+                self._calls = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _publish_js(self, topic: str, messages: tuple[Message, ...]) -> None:
+        if not messages:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        conn = self._conn
+        if conn.config.jetstream.auto_provision:
+            try:
+                await conn.stream_for(topic)
+            except (StreamNotFoundError, InvalidTopicError, ProviderClosedError):
+                raise
+            except Exception as exc:
+                raise PublishError(
+                    f"{len(messages)} of {len(messages)} message(s) to {topic!r} are "
+                    f"unconfirmed: no stream for it could be provisioned: "
+                    f"{conn.scrub(str(exc) or type(exc).__name__)}",
+                    unconfirmed=len(messages),
+                ) from exc
+        track = self._track_id
+        subject = b"HPUB " + topic.encode() + b" "
+        waiter = conn.replies.expect(len(messages))
+        encoded = []
+        for i, msg in enumerate(messages):
+            if type(msg) is not Message:
+                _check_message(msg)
+            if msg.metadata:
+                validate_metadata(msg.metadata)
+            encoded.append(_encode(subject + waiter.reply(i) + b" ", msg, track))
+        out = self._bridge._out
+        was_empty = not out
+        out.extend(encoded)
+        if was_empty:
+            self._bridge._kick()
+        # Finish or fail the batch in flight, even if cancelled meanwhile.
+        await waiter.wait(min(_PUBLISH_ACK_TIMEOUT, conn.config.close_timeout + 1.0))
+        if waiter.remaining:
+            conn.replies.forget(waiter)
+        failed = waiter.unconfirmed
+        stored = len(messages) - failed
+        if stored:
+            self._published[topic] += stored
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if failed:
+            if waiter.no_stream:
+                conn.streams.clear()
+                if not conn.config.jetstream.auto_provision:
+                    raise StreamNotFoundError(
+                        f"no JetStream stream holds topic {topic!r} (auto_provision is off)"
+                    )
+            reason = waiter.reason or "timed out waiting for the server's acks"
+            raise PublishError(
+                f"{failed} of {len(messages)} message(s) to {topic!r} are unconfirmed: "
+                f"{conn.scrub(reason)}",
+                unconfirmed=failed,
+            )
+
+    async def flush(self) -> None:
+        """Return once everything published before has reached the server."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        nc = self._conn.nc
+        assert nc is not None
+        try:
+            await self._bridge.call(nc.flush)
+        except Exception as exc:
+            raise PublishError(
+                f"flush failed: {self._conn.scrub(str(exc) or type(exc).__name__)}",
+                unconfirmed=0,
+            ) from exc
+
+
+_OPEN: Final = 0
+_CLOSED: Final = 1
+_ENDED: Final = 2
+
+
+class NatsSubscription(trio.abc.ReceiveChannel[Message]):
+    """One subscription: a trio ReceiveChannel of received messages.
+
+    Closing it (leaving the ``subscribe`` block) unsubscribes; under
+    JetStream every message delivered here and not acked is nacked.
+    """
+
+    def __init__(
+        self, conn: _Connection, pattern: str, group: str | None, buffer: int = _CAPACITY
+    ) -> None:
+        from ._bridge import Inbox
+
+        self._conn = conn
+        self._bridge = conn.bridge
+        self.pattern = pattern
+        self.group = group
+        self._inbox: Inbox[Any] = Inbox(conn.bridge.loop, buffer)
+        self._state = _OPEN
+        self._sub: NatsSub | None = None
+        self._nursery: trio.Nursery | None = None
+        self._scope = trio.CancelScope()
+        self._stopped = False
+        metrics = conn.metrics
+        self._received = metrics.received
+        self._acked = metrics.acked
+        self._nacked = metrics.nacked
+        self._redelivered = metrics.redelivered
+
+    def _convert(self, raw: Any) -> Message:
+        raise NotImplementedError
+
+    def _on_reconnect(self) -> None:
+        """The connection came back (called by the reconnect watcher)."""
+
+    def receive_nowait(self) -> Message:
+        if self._state != _OPEN:
+            raise trio.EndOfChannel if self._state == _ENDED else trio.ClosedResourceError
+        return self._convert(self._inbox.get_nowait())
+
+    async def receive(self) -> Message:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self._state != _OPEN:
+                if self._state == _ENDED:
+                    raise trio.EndOfChannel
+                raise trio.ClosedResourceError("this subscription was closed")
+            try:
+                raw = self._inbox.get_nowait()
+            except trio.WouldBlock:
+                await self._inbox.wait()
+                continue
+            msg = self._convert(raw)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return msg
+
+    async def aclose(self) -> None:
+        if self._state == _OPEN:
+            self._state = _CLOSED
+            self._inbox.close()
+        await trio.lowlevel.checkpoint()
+
+    def _end(self) -> None:
+        """The provider is closing: receivers see EndOfChannel."""
+        if self._state == _OPEN:
+            self._state = _ENDED
+            self._inbox.close()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class _CoreSubscription(NatsSubscription):
+    """Core NATS: at-most-once; a nack re-queues inside this process.
+
+    The SUB is queued when ``subscribe()`` is called, ahead of any publish
+    made after it, so the subscription sees every message published after
+    the call (as the router expects).
+    """
+
+    def __init__(self, conn: _Connection, pattern: str, group: str | None) -> None:
+        super().__init__(conn, pattern, group, _CORE_BUFFER)
+        nc = conn.nc
+        assert nc is not None
+        queue = "" if group is None else queue_group(conn.config.queue_group_prefix, group)
+        self._subscribing: Job[NatsSub] = self._bridge.submit_inline(
+            nc.subscribe,
+            self.pattern,
+            queue,
+            self._inbox.put,
+            None,
+            0,
+            _PENDING_MSGS,
+            _PENDING_BYTES,
+        )
+        self._first: dict[str, Delivery] = {}  # first deliveries share one Delivery
+
+    async def _start(self) -> None:
+        self._sub = await self._subscribing.wait()
+
+    def _convert(self, raw: Any) -> Message:
+        if type(raw) is Message:
+            self._received[self.pattern] += 1
+            self._redelivered[self.pattern] += 1
+            return raw
+        headers = raw.headers
+        if headers is not None and len(headers) == 1 and UUID_HEADER in headers:
+            uuid = headers[UUID_HEADER]
+            metadata: dict[str, str] = {}
+        else:
+            uuid, metadata = _metadata_of(headers)
+        subject = raw.subject
+        delivery = self._first.get(subject)
+        if delivery is None:
+            if len(self._first) >= 1024:
+                self._first.clear()
+            delivery = self._first[subject] = Delivery(subject)
+        self._received[self.pattern] += 1
+        return Message._received(uuid, raw.data, metadata, delivery, self)
+
+    async def ack_message(self, message: Message) -> None:
+        self._acked[self.pattern] += 1
+
+    async def nack_message(self, message: Message, delay: float | None) -> None:
+        self._nacked[self.pattern] += 1
+        if self._state != _OPEN:
+            return  # at-most-once: nothing outlives the subscription
+        old = message.delivery
+        assert old is not None
+        attempt = old.attempt + 1
+        again = Message._received(
+            message.uuid,
+            message.payload,
+            dict(message.metadata),
+            Delivery(old.topic, attempt, True),
+            self,
+        )
+        if delay and self._nursery is not None:
+            self._nursery.start_soon(self._requeue_later, again, delay)
+        else:
+            self._inbox.put_nowait(again)
+
+    async def _requeue_later(self, message: Message, delay: float) -> None:
+        await trio.sleep(delay)
+        if self._state == _OPEN:
+            self._inbox.put_nowait(message)
+
+    async def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        sub = self._sub
+        nc = self._conn.nc
+        self._sub = None
+        if sub is None or nc is None or nc.is_closed:
+            return
+        try:
+            await self._bridge.call(sub.unsubscribe)
+        except Exception as exc:
+            logger.debug("unsubscribe failed: %s", exc)
+
+
+class _JetStreamSubscription(NatsSubscription):
+    """JetStream: a pull consumer fed at the rate this subscription settles."""
+
+    def __init__(
+        self, conn: _Connection, pattern: str, group: str | None, start: StartPosition
+    ) -> None:
+        super().__init__(conn, pattern, group)
+        self._start_position = start
+        self._stream = ""
+        self._consumer = ""
+        self._deliver = ""
+        self._credits = 0  # messages requested and not yet delivered
+        self._unsettled: dict[str, tuple[Any, float]] = {}  # reply -> (raw, since)
+        self._handed: dict[int, tuple[Message, str]] = {}  # id(message) -> (message, reply)
+        self._pull_wake = trio.Event()
+        self._last_activity = 0.0
+        self._recreate = False
+        self._conflicts = 0  # 409/503 answers since the last pull: back off
+        self._ack_async = conn.config.jetstream.ack_async
+
+    # -- setup -------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        conn = self._conn
+        nc = conn.nc
+        assert nc is not None
+        if self.group is not None:
+            self._consumer = consumer_name(
+                conn.config.jetstream.durable_prefix, self.group, self.pattern
+            )
+        else:
+            self._consumer = f"{conn.config.jetstream.durable_prefix}_eph_{new_uuid()[:18]}"
+            self._consumer = self._consumer.replace("-", "")
+        await self._ensure_consumer(first=True)
+        self._deliver = nc.new_inbox()
+        self._sub = await self._bridge.call(
+            nc.subscribe,
+            self._deliver,
+            "",
+            self._on_msg,
+            None,
+            0,
+            _PENDING_MSGS,
+            _PENDING_BYTES,
+        )
+        conn.subscriptions.add(self)
+
+    async def _ensure_consumer(self, *, first: bool = False) -> None:
+        from nats.js.errors import NotFoundError
+
+        conn = self._conn
+        self._stream = await conn.stream_for(self.pattern)
+        try:
+            await self._bridge.call(self._aio_ensure_consumer, first)
+        except NotFoundError:
+            # The stream itself is gone (a server that lost its store): provision again.
+            conn.streams.pop(topic_root(self.pattern), None)
+            conn.streams.pop(self.pattern, None)
+            self._stream = await conn.stream_for(self.pattern)
+            await self._bridge.call(self._aio_ensure_consumer, first)
+
+    def _consumer_config(self) -> Any:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        start = self._start_position
+        if start is None:
+            start = "all" if self.group is not None else "new"
+        config = ConsumerConfig(
+            name=self._consumer,
+            durable_name=self._consumer if self.group is not None else None,
+            filter_subject=self.pattern,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._conn.config.ack_wait_timeout,
+            max_deliver=-1,
+        )
+        if self.group is None:
+            config.inactive_threshold = 60.0
+        if start == "all":
+            config.deliver_policy = DeliverPolicy.ALL
+        elif start == "new":
+            config.deliver_policy = DeliverPolicy.NEW
+        elif isinstance(start, datetime):
+            stamp = start if start.tzinfo else start.replace(tzinfo=UTC)
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = stamp.astimezone(UTC)
+        else:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = int(start)
+        return config
+
+    async def _aio_ensure_consumer(self, first: bool) -> None:
+        from nats.js.errors import NotFoundError
+
+        jsm = self._conn.jsm
+        assert jsm is not None
+        wanted = self._consumer_config()
+        if self.group is not None:
+            try:
+                info = await jsm.consumer_info(self._stream, self._consumer)
+            except NotFoundError:
+                info = None
+            if info is not None:
+                if first:
+                    self._check_existing(info.config, wanted)
+                return
+        await jsm.add_consumer(self._stream, config=wanted)
+
+    def _check_existing(self, have: Any, wanted: Any) -> None:
+        problems = []
+        if have.filter_subject != wanted.filter_subject:
+            problems.append(f"filter_subject={have.filter_subject!r}")
+        if have.ack_wait is not None and not math.isclose(
+            have.ack_wait, wanted.ack_wait, rel_tol=1e-6
+        ):
+            problems.append(f"ack_wait={have.ack_wait:g}s (asked {wanted.ack_wait:g}s)")
+        if self._start_position is not None:
+            if have.deliver_policy != wanted.deliver_policy:
+                problems.append(f"deliver_policy={getattr(have.deliver_policy, 'value', None)!r}")
+            elif wanted.opt_start_seq is not None and have.opt_start_seq != wanted.opt_start_seq:
+                problems.append(f"opt_start_seq={have.opt_start_seq!r}")
+        if problems:
+            raise ConfigError(
+                f"group {self.group!r} of {self.pattern!r} exists (consumer {self._consumer!r}) "
+                f"with other settings: {', '.join(problems)}; asked start={self._start_position!r}"
+            )
+
+    # -- delivery (asyncio side) -------------------------------------------------------
+
+    async def _on_msg(self, raw: Msg) -> None:
+        self._last_activity = trio.current_time()
+        headers = raw.headers
+        if headers and not raw.reply:
+            status = headers.get("Status")
+            if status is not None:
+                self._on_status(status, headers)
+                return
+        if self._credits > 0:
+            self._credits -= 1
+        inbox = self._inbox
+        if inbox.closed:
+            await raw.nak()
+            return
+        self._unsettled[raw.reply] = (raw, self._last_activity)
+        await inbox.put(raw)
+
+    def _on_status(self, status: str, headers: dict[str, str]) -> None:
+        if status == "100":
+            return  # idle heartbeat / flow control
+        pending = headers.get("Nats-Pending-Messages")
+        if status in ("404", "408") and pending is not None and pending.isdigit():
+            self._credits = max(0, self._credits - int(pending))
+        elif status in ("404", "408"):
+            self._credits = 0
+        else:  # 409 (consumer deleted, max ack pending, ...), 503 (no responders)
+            self._credits = 0
+            self._conflicts += 1
+            if status == "503" or "deleted" in headers.get("Description", "").lower():
+                self._recreate = True
+        self._wake_puller()
+
+    def _wake_puller(self) -> None:
+        wake = self._pull_wake
+        if not wake.is_set():
+            wake.set()
+
+    def _on_reconnect(self) -> None:
+        self._credits = 0
+        self._recreate = True
+        self._wake_puller()
+
+    # -- the puller (trio side) --------------------------------------------------------
+
+    async def _pull(self) -> None:
+        """Keep pull requests outstanding for exactly the room this subscription has."""
+        subject = ""
+        while True:
+            if self._conflicts:
+                # The server refused the last requests: do not spin on it.
+                await trio.sleep(min(0.05 * self._conflicts, 1.0))
+                self._conflicts = 0
+            if self._recreate:
+                self._recreate = False
+                try:
+                    await self._ensure_consumer()
+                except (PikoEventsError, Exception) as exc:
+                    logger.warning(
+                        "re-creating consumer %s failed (retrying): %s",
+                        self._consumer,
+                        self._conn.scrub(str(exc)),
+                    )
+                    self._recreate = True
+                    await trio.sleep(0.5)
+                    continue
+            subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}"
+            room = _CAPACITY - len(self._unsettled) - self._credits
+            if room >= max(1, _CAPACITY // 4) or (room > 0 and self._credits == 0):
+                request = json.dumps(
+                    {
+                        "batch": room,
+                        "expires": int(_PULL_EXPIRES * 1e9),
+                        "idle_heartbeat": int(_PULL_HEARTBEAT * 1e9),
+                    }
+                ).encode()
+                self._credits += room
+                self._last_activity = trio.current_time()
+                self._bridge.push((subject, request, self._deliver, None))
+            self._pull_wake = trio.Event()
+            with trio.move_on_after(_PULL_HEARTBEAT * 3):
+                await self._pull_wake.wait()
+            if (
+                self._credits > 0
+                and trio.current_time() - self._last_activity > _PULL_HEARTBEAT * 3
+            ):
+                # No message, heartbeat or status for a while: the requests died
+                # (a server restart); ask again and make sure the consumer exists.
+                self._credits = 0
+                if self._conn.connected:
+                    self._recreate = True
+
+    async def _keep_in_progress(self) -> None:
+        """Tell the server that messages held here longer than a third of
+        AckWait are still being worked on, so they are not redelivered."""
+        period = self._conn.config.ack_wait_timeout / 3
+        while True:
+            await trio.sleep(period)
+            if not self._conn.connected:
+                continue
+            limit = trio.current_time() - period
+            push = self._bridge.push
+            for reply, (raw, since) in list(self._unsettled.items()):
+                if since <= limit:
+                    push((reply, b"+WPI", "", None))
+                    self._unsettled[reply] = (raw, trio.current_time())
+
+    # -- receive / settle --------------------------------------------------------------
+
+    def _convert(self, raw: Any) -> Message:
+        meta = raw.metadata
+        attempt = meta.num_delivered or 1
+        uuid, metadata = _metadata_of(raw.headers)
+        delivery = Delivery(
+            raw.subject,
+            attempt,
+            attempt > 1,
+            meta.sequence.stream if meta.sequence else None,
+            meta.timestamp,
+        )
+        msg = Message._received(uuid, raw.data, metadata, delivery, self)
+        self._handed[id(msg)] = (msg, raw.reply)
+        self._received[self.pattern] += 1
+        if attempt > 1:
+            self._redelivered[self.pattern] += 1
+        return msg
+
+    def _settled(self, message: Message) -> str | None:
+        entry = self._handed.pop(id(message), None)
+        reply = None
+        if entry is not None:
+            reply = entry[1]
+            self._unsettled.pop(reply, None)
+            room = _CAPACITY - len(self._unsettled) - self._credits
+            if room >= _CAPACITY // 4:
+                self._wake_puller()
+        return reply
+
+    async def ack_message(self, message: Message) -> None:
+        reply = self._settled(message)
+        if reply is None:
+            await trio.lowlevel.checkpoint()
+            return
+        self._acked[self.pattern] += 1
+        if self._ack_async:
+            self._bridge.push((reply, b"+ACK", "", None))
+            await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        replies = self._conn.replies
+        waiter = replies.expect(1)
+        self._bridge.push(b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0)))
+        await waiter.wait(_ACK_TIMEOUT)
+        if waiter.unconfirmed:
+            replies.forget(waiter)
+            raise AckError(
+                f"the server did not confirm the ack of {message.uuid!r} on {self.pattern!r}: "
+                f"{self._conn.scrub(waiter.reason or 'timed out')}"
+            )
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def nack_message(self, message: Message, delay: float | None) -> None:
+        reply = self._settled(message)
+        if reply is None:
+            await trio.lowlevel.checkpoint()
+            return
+        self._nacked[self.pattern] += 1
+        self._bridge.push((reply, _nak(delay), "", None))
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    def _nack_all(self) -> None:
+        """Nack everything delivered here and not settled (buffered or handed out)."""
+        for raw in self._inbox.drain():
+            self._unsettled.pop(raw.reply, None)
+            self._bridge.push((raw.reply, b"-NAK", "", None))
+        for message, _reply in self._handed.values():
+            message._state = _NACKED
+        self._handed.clear()
+        for reply in list(self._unsettled):
+            self._bridge.push((reply, b"-NAK", "", None))
+            self._nacked[self.pattern] += 1
+        self._unsettled.clear()
+
+    async def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._conn.subscriptions.discard(self)
+        self._inbox.close()  # from now on, late deliveries are nacked on arrival
+        sub = self._sub
+        self._sub = None
+        nc = self._conn.nc
+        if sub is not None and nc is not None and not nc.is_closed:
+            with trio.move_on_after(2.0):
+                try:
+                    await self._bridge.call(sub.drain)
+                except Exception as exc:
+                    logger.debug("draining the subscription failed: %s", exc)
+        self._nack_all()
+        if self.group is None and nc is not None and not nc.is_closed and self._conn.jsm:
+            with trio.move_on_after(2.0):
+                try:
+                    await self._bridge.call(
+                        self._conn.jsm.delete_consumer, self._stream, self._consumer
+                    )
+                except Exception as exc:
+                    logger.debug("deleting ephemeral consumer failed: %s", exc)
+
+
+def _nak(delay: float | None) -> bytes:
+    if not delay:
+        return b"-NAK"
+    return b"-NAK " + json.dumps({"delay": int(delay * 1e9)}).encode()
+
+
+class NatsSubscriber:
+    """Opens subscriptions on NATS (core or JetStream)."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._nursery: trio.Nursery | None = None  # set once the provider runs
+        self._conn = conn
+        self._closed = False
+        self._open: set[NatsSubscription] = set()
+
+    def subscribe(
+        self, topic: str, group: str | None = None, start: StartPosition = None
+    ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Message]]:
+        """Subscribe to ``topic`` (``*`` and ``>`` allowed).
+
+        Under JetStream a named group is a durable consumer (it outlives the
+        provider and starts at ``start``, by default the first message the
+        stream holds); ``group=None`` is an ephemeral consumer starting with
+        new messages. Under core NATS a named group is a queue group and
+        ``start`` must be None or ``"new"``. Leaving the block unsubscribes
+        and nacks every message delivered and not acked.
+        """
+        validate_topic(topic, wildcards=True)
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ConfigError(f"group must be a non-empty str or None, not {group!r}")
+        start = validate_start(start)
+        conn = self._conn
+        if self._closed:
+            raise ProviderClosedError(f"cannot subscribe to {topic!r}: the provider is closed")
+        if conn.config.jetstream.disabled:
+            if start not in (None, "new"):
+                raise ConfigError(
+                    f"start={start!r}: core NATS cannot replay (enable JetStream for it)"
+                )
+            subscription: NatsSubscription = _CoreSubscription(conn, topic, group)
+        else:
+            if topic_root(topic) in ("*", ">"):
+                raise InvalidTopicError(
+                    f"topic {topic!r}: under JetStream the first token may not be a wildcard"
+                )
+            subscription = _JetStreamSubscription(conn, topic, group, start)
+        return self._run(subscription)
+
+    @asynccontextmanager
+    async def _run(self, subscription: NatsSubscription) -> AsyncIterator[NatsSubscription]:
+        if self._closed or self._nursery is None:
+            raise ProviderClosedError("the provider is closed")
+        self._open.add(subscription)
+        try:
+            await subscription._start()
+            # Its background tasks live in the provider's (shielded) nursery, so
+            # that this context manager never wraps errors in exception groups.
+            await self._nursery.start(self._background, subscription)
+            yield subscription
+        finally:
+            self._open.discard(subscription)
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self._conn.config.close_timeout + 1
+                if subscription._state == _OPEN:
+                    subscription._state = _CLOSED
+                await subscription._stop()
+            subscription._scope.cancel()
+
+    async def _background(
+        self, subscription: NatsSubscription, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        with subscription._scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    subscription._nursery = nursery
+                    if isinstance(subscription, _JetStreamSubscription):
+                        nursery.start_soon(subscription._pull)
+                        nursery.start_soon(subscription._keep_in_progress)
+                    task_status.started()
+                    await trio.sleep_forever()
+            except Exception:
+                logger.exception("subscription to %r failed", subscription.pattern)
+                subscription._end()
+
+    async def _close_all(self) -> None:
+        """End every subscription still open (receivers see EndOfChannel) and
+        unsubscribe it now, nacking what it holds, while the connection is up."""
+        self._closed = True
+        for subscription in list(self._open):
+            subscription._end()
+            await subscription._stop()
+
+
+class NatsProvider:
+    """The NATS provider, as yielded by :func:`open_nats_provider`."""
+
+    def __init__(
+        self,
+        config: NatsConfig,
+        conn: _Connection,
+        publisher: NatsPublisher,
+        subscriber: NatsSubscriber,
+        router: Router,
+    ) -> None:
+        self.config = config
+        self._conn = conn
+        self._publisher = publisher
+        self._subscriber = subscriber
+        self._router = router
+        self._running = False
+
+    @property
+    def publisher(self) -> NatsPublisher:
+        return self._publisher
+
+    @property
+    def subscriber(self) -> NatsSubscriber:
+        return self._subscriber
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    @property
+    def running(self) -> bool:
+        """True from start until the drain begins."""
+        return self._running
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to the server is up right now."""
+        return self._conn.connected and not self._conn.closed
+
+    @property
+    def dropped(self) -> int:
+        """Core NATS messages lost to a slow consumer or a failed publish."""
+        return self._conn.dropped
+
+    @property
+    def jetstream(self) -> bool:
+        return not self.config.jetstream.disabled
+
+    def __repr__(self) -> str:
+        return (
+            f"<NatsProvider running={self._running} connected={self.connected} "
+            f"config={self.config!r}>"
+        )
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+#: nats-py connect() arguments the provider sets itself (from NatsConfig fields).
+_RESERVED_OPTIONS: Final = {
+    "servers": "url",
+    "name": "cluster_id",
+    "connect_timeout": "connect_timeout",
+    "reconnect_time_wait": "reconnect_wait",
+    "max_reconnect_attempts": "max_reconnect_attempts",
+    "allow_reconnect": "max_reconnect_attempts",
+    "error_cb": None,
+    "disconnected_cb": None,
+    "reconnected_cb": None,
+    "closed_cb": None,
+}
+
+
+def _check_options(config: NatsConfig) -> None:
+    for key in config.nats_options:
+        if key in _RESERVED_OPTIONS:
+            field = _RESERVED_OPTIONS[key]
+            instead = f"; set NatsConfig.{field} instead" if field else ""
+            raise ConfigError(
+                f"NatsConfig.nats_options[{key!r}] is set by the provider itself{instead}"
+            )
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error (not counting trio.Cancelled) inside nested groups, else ``group``.
+
+    trio-asyncio's loop and the provider's nurseries wrap errors from the
+    body in exception groups; a single error leaves the provider unwrapped.
+    """
+    leaves = _leaves(group)
+    errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+    if len(errors) == 1:
+        return errors[0]
+    if not errors and leaves:
+        return leaves[0]
+    return group
+
+
+@asynccontextmanager
+async def open_nats_provider(config: NatsConfig | None = None) -> AsyncIterator[NatsProvider]:
+    """Connect to NATS and run a provider for the duration of the block.
+
+    The first connect succeeds or fails within ``connect_timeout`` with
+    :class:`ConnectError` naming the URL (secrets redacted). The provider's
+    nursery owns the asyncio loop bridge, the reconnect watcher, the router
+    and every subscription's workers. Leaving the block (normally, by an
+    error, or because an enclosing scope was cancelled) drains in order,
+    shielded and bounded by ``close_timeout``: router (in-flight handlers
+    finish within ``router.close_timeout``) -> subscriptions (unacked
+    messages nacked) -> publisher (flushed) -> connection (drained, closed)
+    -> the asyncio loop.
+    """
+    config = NatsConfig() if config is None else config
+    if not isinstance(config, NatsConfig):
+        raise ConfigError(f"open_nats_provider takes a NatsConfig, not {config!r}")
+    config.validate()
+    _check_options(config)
+    try:
+        async with _open(config) as provider:
+            yield provider
+    except BaseExceptionGroup as group:
+        single = _single(group)
+        if single is group:
+            raise
+        raise single from None
+
+
+@asynccontextmanager
+async def _open(config: NatsConfig) -> AsyncIterator[NatsProvider]:
+    try:
+        import nats  # noqa: F401
+        import trio_asyncio
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            f"the NATS provider needs nats-py and trio-asyncio ({exc}); "
+            "install them with: pip install 'piko_trio_events[nats]'"
+        ) from exc
+
+    from ._bridge import Bridge
+
+    metrics = provider_metrics("nats")
+    started = time.perf_counter()
+    async with trio_asyncio.open_loop() as loop:
+        bridge = Bridge(loop, OUT_LIMIT)
+        conn = _Connection(config, bridge, metrics)
+        service_scope = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+
+            async def service(*, task_status: trio.TaskStatus[None]) -> None:
+                with service_scope:
+                    async with trio.open_nursery() as inner:
+                        await inner.start(bridge.serve)
+                        await inner.start(conn.watch)
+                        subscriber._nursery = inner
+                        task_status.started()
+
+            publisher = NatsPublisher(conn)
+            subscriber = NatsSubscriber(conn)
+            router = Router(
+                publisher, subscriber, config.router, default_concurrency=config.subscribers_count
+            )
+            provider = NatsProvider(config, conn, publisher, subscriber, router)
+            try:
+                await nursery.start(service)
+                await conn.connect()
+                assert conn.nc is not None
+                publisher._max_payload = conn.nc.max_payload
+                await nursery.start(router._run)
+            except BaseException:
+                metrics.start_error_count.add(1)
+                with trio.CancelScope(shield=True):
+                    await conn.close()
+                    await bridge.aclose()
+                router._run_scope.cancel()
+                service_scope.cancel()
+                raise
+            metrics.start_count.add(1)
+            metrics.start_duration.record((time.perf_counter() - started) * 1000)
+            provider._running = True
+            try:
+                yield provider
+            finally:
+                provider._running = False
+                closing = time.perf_counter()
+                failed = False
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + config.close_timeout
+                    try:
+                        await router._close()
+                        await subscriber._close_all()
+                        publisher._closed = True
+                        if conn.nc is not None and not conn.nc.is_closed and conn.connected:
+                            with trio.move_on_after(config.close_timeout):
+                                await bridge.call(conn.nc.flush)
+                    except Exception as exc:
+                        failed = True
+                        logger.warning("NATS provider drain step failed: %s", conn.scrub(str(exc)))
+                with trio.CancelScope(shield=True) as final:
+                    final.deadline = trio.current_time() + 5.0
+                    await conn.close()
+                    await bridge.aclose()
+                router._run_scope.cancel()
+                service_scope.cancel()
+                conn.events_send.close()
+                if failed or scope.cancelled_caught:
+                    metrics.close_error_count.add(1)
+                metrics.close_count.add(1)
+                metrics.close_duration.record((time.perf_counter() - closing) * 1000)
