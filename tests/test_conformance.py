@@ -89,10 +89,6 @@ CASES: dict[str, tuple[Features, Callable[[str], NatsConfig] | None]] = {
 
 # (provider, check) -> why it fails: known provider bugs, reported to the lead.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("nats_core", "message_ctx"): (
-        "core NATS: a message delivered and not acked is not nacked when its subscription "
-        "or the provider closes (API.md: 'every delivered-but-unacked message is nacked')"
-    ),
     ("jetstream_exactly_once", "concurrent_subscribe_multiple_topics"): (
         "track_message_id: a copy (same uuid) published to another topic of the same root "
         "(stream) is dropped by JetStream's duplicate window, yet publish() reports success"

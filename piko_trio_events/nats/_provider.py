@@ -751,6 +751,7 @@ class _CoreSubscription(NatsSubscription):
             _PENDING_BYTES,
         )
         self._first: dict[str, Delivery] = {}  # first deliveries share one Delivery
+        self._handed: dict[int, Message] = {}  # delivered, not yet acked or nacked
 
     async def _start(self) -> None:
         self._sub = await self._subscribing.wait()
@@ -759,6 +760,7 @@ class _CoreSubscription(NatsSubscription):
         if type(raw) is Message:
             self._received[self.pattern] += 1
             self._redelivered[self.pattern] += 1
+            self._handed[id(raw)] = raw
             return raw
         headers = raw.headers
         if headers is not None and len(headers) == 1 and UUID_HEADER in headers:
@@ -773,12 +775,16 @@ class _CoreSubscription(NatsSubscription):
                 self._first.clear()
             delivery = self._first[subject] = Delivery(subject)
         self._received[self.pattern] += 1
-        return Message._received(uuid, raw.data, metadata, delivery, self)
+        msg = Message._received(uuid, raw.data, metadata, delivery, self)
+        self._handed[id(msg)] = msg
+        return msg
 
     async def ack_message(self, message: Message) -> None:
+        self._handed.pop(id(message), None)
         self._acked[self.pattern] += 1
 
     async def nack_message(self, message: Message, delay: float | None) -> None:
+        self._handed.pop(id(message), None)
         self._nacked[self.pattern] += 1
         if self._state != _OPEN:
             return  # at-most-once: nothing outlives the subscription
@@ -806,6 +812,12 @@ class _CoreSubscription(NatsSubscription):
         if self._stopped:
             return
         self._stopped = True
+        # Delivered and never settled: nacked, as on every provider (at-most-once:
+        # core NATS has nowhere to redeliver them once the subscription is gone).
+        handed, self._handed = self._handed, {}
+        for message in handed.values():
+            message._state = _NACKED
+            self._nacked[self.pattern] += 1
         sub = self._sub
         nc = self._conn.nc
         self._sub = None
