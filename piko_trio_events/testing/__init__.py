@@ -5,6 +5,9 @@
   ``restart()`` / ``kill()`` for fault tests.
 - :func:`check_provider` and :class:`Features`: the universal provider suite
   (Watermill's ``pubsub/tests``), free of pytest, to run against any provider.
+- :func:`open_chaos_provider` and :func:`chaos_schedules`: an at-least-once
+  chaos provider (duplicates, lost acks, reordering, crashes after a
+  handler's side effect) to property-test that handlers are idempotent.
 - :func:`topics`, :func:`metadata`, :func:`messages`: hypothesis strategies
   of what every provider accepts.
 - A pytest plugin (loaded automatically) with the fixtures ``nats_server``,
@@ -19,6 +22,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._chaos import ChaosCrash as ChaosCrash
+    from ._chaos import ChaosProvider as ChaosProvider
+    from ._chaos import ChaosSchedule as ChaosSchedule
+    from ._chaos import Fault as Fault
+    from ._chaos import chaos_schedules as chaos_schedules
+    from ._chaos import open_chaos_provider as open_chaos_provider
     from ._conformance import CHECKS as CHECKS
     from ._conformance import Features as Features
     from ._conformance import check_provider as check_provider
@@ -31,17 +40,29 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKS",
+    "ChaosCrash",
+    "ChaosProvider",
+    "ChaosSchedule",
+    "Fault",
     "Features",
     "NatsServer",
+    "chaos_schedules",
     "check_provider",
     "find_nats_server",
     "messages",
     "metadata",
+    "open_chaos_provider",
     "open_nats_server",
     "topics",
 ]
 
 _WHERE = {
+    "ChaosCrash": "_chaos",
+    "ChaosProvider": "_chaos",
+    "ChaosSchedule": "_chaos",
+    "Fault": "_chaos",
+    "chaos_schedules": "_chaos",
+    "open_chaos_provider": "_chaos",
     "CHECKS": "_conformance",
     "Features": "_conformance",
     "check_provider": "_conformance",
