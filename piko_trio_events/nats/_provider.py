@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -157,6 +158,41 @@ def _encode(prefix: bytes, msg: Message, track_id: bool) -> bytes:
     return b"%b%d %d\r\n%b%b\r\n" % (prefix, size, size + len(payload), header, payload)
 
 
+#: nats-py internals the fast publish path writes to (present in nats-py 2.16).
+_FAST_PATH_ATTRIBUTES: Final = (
+    "_pending",
+    "_pending_data_size",
+    "_max_pending_size",
+    "_flush_pending",
+    "stats",
+)
+
+
+def _fast_path_available(nc: Any) -> bool:
+    """Whether encoded commands can go straight into ``nc``'s outgoing buffer."""
+    if os.environ.get("PIKO_NATS_PUBLIC_PATH") == "1":
+        return False
+    return all(hasattr(nc, name) for name in _FAST_PATH_ATTRIBUTES)
+
+
+def _decode_command(command: bytes) -> tuple[str, str, dict[str, str] | None, bytes]:
+    """(subject, reply, headers, payload) of a PUB / HPUB command built here."""
+    line, _, body = command.partition(b"\r\n")
+    words = line.split(b" ")
+    body = body[:-2]  # the closing CRLF
+    if words[0] == b"PUB":
+        reply = words[2].decode() if len(words) == 4 else ""
+        return words[1].decode(), reply, None, body
+    reply = words[2].decode() if len(words) == 5 else ""
+    header_size = int(words[-2])
+    headers: dict[str, str] = {}
+    for header_line in body[:header_size].split(b"\r\n")[1:]:
+        if header_line:
+            key, _, value = header_line.partition(b": ")
+            headers[key.decode()] = value.decode()
+    return words[1].decode(), reply, headers, body[header_size:]
+
+
 def _metadata_of(headers: dict[str, str] | None) -> tuple[str, dict[str, str]]:
     """The uuid and the user metadata of received headers (consumes ``headers``)."""
     if not headers:
@@ -277,7 +313,8 @@ class _Connection:
         self.errors.clear()
         self.nc = nc
         self.connected = True
-        self.bridge.set_publisher(nc.publish, self._write, self._on_publish_error)
+        write = self._write if _fast_path_available(nc) else self._write_public
+        self.bridge.set_publisher(nc.publish, write, self._on_publish_error)
         if not config.jetstream.disabled:
             self.js = nc.jetstream(timeout=_API_TIMEOUT)
             self.jsm = nc.jsm(timeout=_API_TIMEOUT)
@@ -302,6 +339,18 @@ class _Connection:
         nc.stats["out_msgs"] += len(commands)
         nc.stats["out_bytes"] += size
         await nc._flush_pending(force_flush=nc._pending_data_size > nc._max_pending_size)
+
+    async def _write_public(self, commands: list[bytes]) -> None:
+        """The fallback of :meth:`_write` through nats-py's public ``publish``
+        (used when the nats-py in use lacks the internals the fast path needs,
+        or when ``PIKO_NATS_PUBLIC_PATH=1``): same bytes on the wire, slower."""
+        nc = self.nc
+        assert nc is not None
+        if nc.is_closed or nc.is_draining_pubs:
+            raise ProviderClosedError("the NATS connection is closed")
+        for command in commands:
+            subject, reply, headers, payload = _decode_command(command)
+            await nc.publish(subject, payload, reply, headers)
 
     def _on_publish_error(self, error: BaseException, count: int) -> None:
         self.dropped += count

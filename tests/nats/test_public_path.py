@@ -1,0 +1,55 @@
+"""The public-API fallback of the core publish fast path."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from piko_trio_events import Message
+from piko_trio_events.nats._provider import _decode_command, _encode, _fast_path_available
+from piko_trio_events.testing import metadata, topics
+
+
+@given(
+    topic=topics(),
+    payload=st.binary(max_size=64),
+    meta=metadata(),
+    track=st.booleans(),
+    reply=st.sampled_from([b"", b"_INBOX.x.1"]),
+)
+def test_decode_inverts_encode(
+    topic: str, payload: bytes, meta: dict[str, str], track: bool, reply: bytes
+) -> None:
+    msg = Message(payload, meta)
+    prefix = b"HPUB " + topic.encode() + b" " + (reply + b" " if reply else b"")
+    subject, decoded_reply, headers, body = _decode_command(_encode(prefix, msg, track))
+    assert (subject, decoded_reply, body) == (topic, reply.decode(), payload)
+    expected = {"_watermill_message_uuid": msg.uuid, **meta}
+    if track:
+        expected["Nats-Msg-Id"] = msg.uuid
+    assert headers == expected
+
+
+def test_decode_plain_pub() -> None:
+    assert _decode_command(b"PUB a.b _INBOX.r 4\r\n+ACK\r\n") == ("a.b", "_INBOX.r", None, b"+ACK")
+
+
+def test_path_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full:
+        _pending: list[bytes] = []  # noqa: RUF012
+        _pending_data_size = 0
+        _max_pending_size = 0
+        stats: dict[str, int] = {}  # noqa: RUF012
+
+        async def _flush_pending(self) -> None:  # pragma: no cover
+            pass
+
+    class Bare:
+        pass
+
+    monkeypatch.delenv("PIKO_NATS_PUBLIC_PATH", raising=False)
+    assert _fast_path_available(Full())
+    assert not _fast_path_available(Bare())
+    monkeypatch.setenv("PIKO_NATS_PUBLIC_PATH", "1")
+    assert not _fast_path_available(Full())
