@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 
 import trio
+
+from piko_trio_events.testing import open_nats_server
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -80,3 +83,201 @@ def test_demo_against_an_unreachable_server_fails_clearly() -> None:
     assert result.returncode == 1
     assert "error:" in result.stderr
     assert "nats://127.0.0.1:1" in result.stderr
+
+
+# -- publish / subscribe / streams / bench, against a real nats-server ------------------
+
+CLI = [sys.executable, "-m", "piko_trio_events"]
+
+
+#: Bound of every wait for a CLI process (seconds).
+WAIT = 30
+
+
+async def cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(WAIT):
+        return await trio.run_process(
+            [*CLI, *args],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=ENV,
+        )
+
+
+async def read_until(stream: trio.abc.ReceiveStream, marker: bytes, seen: bytearray) -> None:
+    """Read ``stream`` into ``seen`` until ``marker`` shows up (bounded by the caller)."""
+    while marker not in seen:
+        chunk = await stream.receive_some()
+        assert chunk, f"the stream ended before {marker!r}: {bytes(seen).decode()}"
+        seen += chunk
+
+
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    seen = bytearray()
+    while chunk := await stream.receive_some():
+        seen += chunk
+    return bytes(seen)
+
+
+async def subscriber(*args: str) -> trio.Process:
+    """A ``subscribe`` process, returned once it has said it is subscribed."""
+    proc = await trio.lowlevel.open_process(
+        [*CLI, "subscribe", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+    )
+    assert proc.stderr is not None
+    err = bytearray()
+    try:
+        with trio.fail_after(WAIT):
+            await read_until(proc.stderr, b"subscribed to", err)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc
+
+
+async def finish(proc: trio.Process) -> tuple[int, str, str]:
+    """Wait for ``proc`` to end; its exit code, stdout and stderr."""
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    out = err = b""
+    try:
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+
+                async def collect_err() -> None:
+                    nonlocal err
+                    assert proc.stderr is not None
+                    err = await read_all(proc.stderr)
+
+                nursery.start_soon(collect_err)
+                out = await read_all(proc.stdout)
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proc.stdout.aclose()
+        await proc.stderr.aclose()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_subscribe_prints_json_lines_of_what_publish_sends_over_jetstream() -> None:
+    async with open_nats_server(jetstream=True) as server:
+        proc = await subscriber("orders.*", "--json", "--count", "3", "--nats", server.url)
+        one = await cli("publish", "orders.created", "a", "-m", "k=v", "--nats", server.url)
+        assert one.returncode == 0, one.stderr
+        assert b"published 1 message(s) to orders.created" in one.stderr
+        lines = await cli("publish", "orders.paid", "--nats", server.url, stdin=b"b\r\nc\n")
+        assert lines.returncode == 0, lines.stderr
+        code, out, err = await finish(proc)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["topic"], r["payload"], r["attempt"]) for r in records] == [
+        ("orders.created", "a", 1),
+        ("orders.paid", "b", 1),
+        ("orders.paid", "c", 1),
+    ]
+    assert records[0]["metadata"] == {"k": "v"}
+    assert all(len(r["uuid"]) == 36 for r in records)
+
+
+async def test_core_subscribe_prints_plain_lines_and_stops_cleanly_on_sigint() -> None:
+    async with open_nats_server(jetstream=False) as server:
+        proc = await subscriber("t.>", "--core", "--nats", server.url)
+        sent = await cli("publish", "t.x", "hello", "--core", "--nats", server.url)
+        assert sent.returncode == 0, sent.stderr
+        assert proc.stdout is not None
+        seen = bytearray()
+        with trio.fail_after(WAIT):
+            await read_until(proc.stdout, b"\n", seen)
+        proc.send_signal(signal.SIGINT)
+        code, out, err = await finish(proc)
+    assert code == 0, err  # a signal is how an open-ended subscribe ends
+    assert (bytes(seen).decode() + out).splitlines() == ["t.x: hello"]
+
+
+async def test_streams_lists_the_provisioned_stream_and_a_group_consumer() -> None:
+    async with open_nats_server(jetstream=True) as server:
+        sent = await cli("publish", "audit.log", "--nats", server.url, stdin=b"1\n2\n3\n")
+        assert sent.returncode == 0, sent.stderr
+        # A named group is a durable consumer from the first stored message.
+        proc = await subscriber(
+            "audit.log", "--group", "report", "--count", "1", "--nats", server.url
+        )
+        code, out, err = await finish(proc)
+        assert (code, out) == (0, "audit.log: 1\n"), err
+        listed = await cli("streams", "--nats", server.url)
+        as_json = await cli("streams", "--json", "--nats", server.url)
+    assert listed.returncode == 0, listed.stderr
+    text = listed.stdout.decode()
+    assert "stream PIKO_audit  subjects: audit, audit.>  messages: 3" in text
+    assert "consumer piko_report_audit_log" in text
+    assert "(durable)" in text
+    (stream,) = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
+    (consumer,) = stream["consumers"]
+    assert (stream["name"], stream["messages"]) == ("PIKO_audit", 3)
+    assert consumer["pending"] + consumer["ack_pending"] == 2
+
+
+async def test_cli_errors_are_clear() -> None:
+    unreachable = await cli("publish", "t", "x", "--nats", "nats://127.0.0.1:1")
+    assert unreachable.returncode == 1
+    assert b"error:" in unreachable.stderr
+    assert b"nats://127.0.0.1:1" in unreachable.stderr
+    bad_topic = await cli("publish", "orders..created", "x")
+    assert bad_topic.returncode == 2
+    assert b"orders..created" in bad_topic.stderr
+    wildcard = await cli("publish", "orders.*", "x")
+    assert wildcard.returncode == 2
+    assert b"orders.*" in wildcard.stderr
+    js_wildcard = await cli("subscribe", ">")
+    assert js_wildcard.returncode == 2
+    assert b"'>'" in js_wildcard.stderr
+    bad_metadata = await cli("publish", "t", "x", "--metadata", "novalue")
+    assert bad_metadata.returncode == 2
+    assert b"KEY=VALUE" in bad_metadata.stderr
+    streams = await cli("streams", "--nats", "nats://127.0.0.1:1")
+    assert streams.returncode == 1
+    assert b"nats://127.0.0.1:1" in streams.stderr
+
+
+async def test_help_of_each_command() -> None:
+    for command, expected in [
+        ("publish", b"--metadata"),
+        ("subscribe", b"--group"),
+        ("streams", b"--json"),
+        ("bench", b"memory"),
+    ]:
+        result = await cli(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout, result.stdout
+    top = await cli("--help")
+    for name in (b"demo", b"publish", b"subscribe", b"streams", b"bench"):
+        assert name in top.stdout
+
+
+async def test_sigterm_interrupts_a_publish_from_stdin_with_exit_130() -> None:
+    async with open_nats_server(jetstream=True) as server:
+        proc = await subscriber("feed", "--count", "1", "--nats", server.url)
+        publisher = await trio.lowlevel.open_process(
+            [*CLI, "publish", "feed", "--nats", server.url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
+        assert publisher.stdin is not None
+        try:
+            await publisher.stdin.send_all(b"first\n")  # and stdin stays open
+            code, out, err = await finish(proc)
+            assert (code, out) == (0, "feed: first\n"), err
+            publisher.send_signal(signal.SIGTERM)
+            code, out, err = await finish(publisher)
+        finally:
+            await publisher.stdin.aclose()
+    assert code == 130, err
+    assert "interrupted after publishing 1 message(s) to feed" in err
