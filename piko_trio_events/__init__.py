@@ -5,6 +5,8 @@ and NATS (:func:`open_nats_provider`). Swapping one for the other is a
 one-line change.
 """
 
+import logging as _logging
+
 from ._abc import Provider as Provider
 from ._abc import Publisher as Publisher
 from ._abc import StartPosition as StartPosition
@@ -64,3 +66,6 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# A library adds no handler of its own (the application configures logging).
+_logging.getLogger("piko_trio_events").addHandler(_logging.NullHandler())

@@ -875,7 +875,7 @@ class _CoreSubscription(NatsSubscription):
         try:
             await self._bridge.call(sub.unsubscribe)
         except Exception as exc:
-            logger.debug("unsubscribe failed: %s", exc)
+            logger.debug("unsubscribe failed: %s", self._conn.scrub(str(exc)))
 
 
 class _JetStreamSubscription(NatsSubscription):
@@ -1201,7 +1201,7 @@ class _JetStreamSubscription(NatsSubscription):
                 try:
                     await self._bridge.call(sub.drain)
                 except Exception as exc:
-                    logger.debug("draining the subscription failed: %s", exc)
+                    logger.debug("draining the subscription failed: %s", self._conn.scrub(str(exc)))
         self._nack_all()
         if self.group is None and nc is not None and not nc.is_closed and self._conn.jsm:
             with trio.move_on_after(2.0):
@@ -1210,7 +1210,9 @@ class _JetStreamSubscription(NatsSubscription):
                         self._conn.jsm.delete_consumer, self._stream, self._consumer
                     )
                 except Exception as exc:
-                    logger.debug("deleting ephemeral consumer failed: %s", exc)
+                    logger.debug(
+                        "deleting ephemeral consumer failed: %s", self._conn.scrub(str(exc))
+                    )
 
 
 def _nak(delay: float | None) -> bytes:
@@ -1293,8 +1295,13 @@ class NatsSubscriber:
                         nursery.start_soon(subscription._keep_in_progress)
                     task_status.started()
                     await trio.sleep_forever()
-            except Exception:
-                logger.exception("subscription to %r failed", subscription.pattern)
+            except Exception as exc:
+                logger.error(
+                    "subscription to %r failed: %s",
+                    subscription.pattern,
+                    self._conn.scrub(f"{type(exc).__name__}: {exc}"),
+                    exc_info=logger.isEnabledFor(logging.DEBUG),
+                )
                 subscription._end()
 
     async def _close_all(self) -> None:
