@@ -4,20 +4,20 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[nats,test]'
+	$(PY) -m pip install -q -e '.[nats,test,docs]'
 	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) -m piko_trio_events demo $(ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check piko_trio_events tests
-	$(VENV)/bin/ruff format --check piko_trio_events tests
+	$(VENV)/bin/ruff check piko_trio_events tests docs
+	$(VENV)/bin/ruff format --check piko_trio_events tests docs
 	$(VENV)/bin/mypy
 
 test: lint
@@ -26,5 +26,8 @@ test: lint
 bench: $(VENV)/.installed
 	$(PY) -m piko_trio_events.bench $(ARGS)
 
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) docs/_build build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -166,6 +166,24 @@ class NatsConfig:
 
     Secrets (passwords, tokens, credentials, nkey seeds, in ``url`` or
     ``nats_options``) never appear in ``repr`` or ``str``.
+
+    Attributes:
+        url: server URL; several cluster seeds separated by commas.
+        cluster_id: the connection's name, as the server shows it.
+        connect_timeout: the first connect fails with ``ConnectError`` after this.
+        queue_group_prefix: prefix of core NATS queue group names.
+        subscribers_count: the router's default handler concurrency.
+        ack_wait_timeout: JetStream's AckWait for the consumers created here.
+        close_timeout: bounds the whole drain when the provider closes.
+        router: the router's settings (its ``close_timeout`` bounds in-flight
+            handlers inside the drain).
+        reconnect_wait: seconds between reconnect attempts after a successful
+            first connect.
+        max_reconnect_attempts: -1 for forever.
+        nats_options: passed to nats-py's ``connect`` (tls, user, password,
+            token, user_credentials, nkeys_seed, ...).
+        jetstream: JetStream settings; ``JetStreamConfig(disabled=True)`` is
+            core NATS (at-most-once).
     """
 
     url: str = "nats://127.0.0.1:4222"

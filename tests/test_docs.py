@@ -1,0 +1,167 @@
+"""The documentation: every sample runs, every command works, the site builds.
+
+Samples live as files under ``docs/examples/`` and are included into the
+pages, so running the files runs the docs. Each runs in its own process
+(samples install global OpenTelemetry providers and signal handlers) with a
+bounded time; the NATS ones start their own embedded nats-server. The site
+build runs with warnings as errors when Sphinx and myst-parser are installed
+(the ``docs`` extra) and is skipped, saying so, when they are not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+EXAMPLES = DOCS / "examples"
+
+HAVE_NATS = importlib.util.find_spec("nats") is not None
+HAVE_DOCS_TOOLS = all(importlib.util.find_spec(m) is not None for m in ("sphinx", "myst_parser"))
+HAVE_HYPOTHESIS = importlib.util.find_spec("hypothesis") is not None
+HAVE_OTEL_SDK = importlib.util.find_spec("opentelemetry.sdk") is not None
+
+needs_nats = pytest.mark.skipif(not HAVE_NATS, reason="needs the nats extra (nats-py)")
+
+# Every example script: (file, arguments, needs NATS, a line it must print).
+SCRIPTS: list[tuple[str, tuple[str, ...], bool, str]] = [
+    ("quickstart.py", (), False, "memory: [b'audited: {\"id\": 1}']"),
+    ("quickstart.py", ("--nats",), True, "nats: [b'audited: {\"id\": 1}']"),
+    ("lifecycle.py", (), False, "stopped by a signal: True"),
+    ("middleware.py", (), False, "flaky handler calls: 3"),
+    ("guarantees.py", (), True, "core NATS group kept: []"),
+    ("provisioning.py", (), True, "received from the provisioned stream: b'1'"),
+    ("observability.py", (), False, "events.router.handler_duration"),
+    ("migrating.py", (), False, "NatsConfig(url='nats://nats-1:4222,nats://nats-2:4222'"),
+]
+# Example test files, run with pytest.
+TEST_FILES = ["test_my_handlers.py"]
+
+TIMEOUT = 120.0
+
+
+def _run(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("PYTEST_ADDOPTS", None)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
+    assert result.returncode == 0, (
+        f"{what} exited with {result.returncode}\n--- stdout\n{result.stdout}"
+        f"\n--- stderr\n{result.stderr}"
+    )
+
+
+def _script_params() -> list[object]:
+    params: list[object] = []
+    for name, args, nats, expected in SCRIPTS:
+        marks: list[pytest.MarkDecorator] = []
+        if nats:
+            marks += [pytest.mark.nats, needs_nats]
+        if name == "observability.py":
+            marks.append(pytest.mark.skipif(not HAVE_OTEL_SDK, reason="needs opentelemetry-sdk"))
+        params.append(pytest.param(name, args, expected, marks=marks, id=" ".join((name, *args))))
+    return params
+
+
+@pytest.mark.parametrize(("name", "args", "expected"), _script_params())
+def test_example_script_runs(name: str, args: tuple[str, ...], expected: str) -> None:
+    result = _run(str(EXAMPLES / name), *args)
+    _check(result, f"docs/examples/{name} {' '.join(args)}")
+    assert expected in result.stdout
+
+
+@pytest.mark.skipif(not HAVE_HYPOTHESIS, reason="needs hypothesis")
+@pytest.mark.parametrize("name", TEST_FILES)
+def test_example_test_file_passes(name: str) -> None:
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / name)]
+    if not HAVE_NATS:
+        args += ["-k", "not nats"]
+    result = _run(*args)
+    _check(result, f"pytest docs/examples/{name}")
+    assert re.search(r"\d+ passed", result.stdout), result.stdout
+
+
+def test_every_example_is_run_here() -> None:
+    on_disk = {p.name for p in EXAMPLES.glob("*.py")}
+    covered = {name for name, *_ in SCRIPTS} | set(TEST_FILES)
+    assert on_disk == covered, f"examples not run by tests/test_docs.py: {on_disk - covered}"
+
+
+def test_pages_hold_no_untested_python() -> None:
+    """Python in a page comes from an included (hence tested) example file."""
+    for page in DOCS.glob("*.md"):
+        text = page.read_text(encoding="utf-8")
+        assert not re.search(r"^```\s*(python|py|pycon)\b", text, re.M), (
+            f"{page.name}: a Python code block; put it in docs/examples/ and include it"
+        )
+        for included in re.findall(r"^```\{literalinclude\}\s+(\S+)", text, re.M):
+            assert (DOCS / included).is_file(), f"{page.name}: {included} does not exist"
+
+
+def test_documented_bench_commands_run() -> None:
+    """The performance page's commands, on tiny counts (a smoke test, not a benchmark)."""
+    memory = _run(
+        "-m",
+        "piko_trio_events.bench",
+        "memory",
+        "--rounds",
+        "1",
+        "--messages",
+        "2000",
+        "--warmup",
+        "100",
+        "--json",
+        "",
+    )
+    _check(memory, "python -m piko_trio_events.bench memory")
+    assert "ratio memory-provider / bare-channel" in memory.stdout
+
+
+@pytest.mark.nats
+@needs_nats
+def test_documented_nats_bench_command_runs() -> None:
+    result = _run("-m", "piko_trio_events.bench", "nats", "--count", "200", "--rounds", "1")
+    _check(result, "python -m piko_trio_events.bench nats")
+    assert "js_consume_ratio" in result.stdout
+
+
+@pytest.mark.skipif(
+    not HAVE_DOCS_TOOLS,
+    reason="the docs tools are not installed (pip install -e '.[docs]': sphinx, myst-parser)",
+)
+def test_docs_build_with_warnings_as_errors(tmp_path: Path) -> None:
+    result = _run(
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-q",
+        "-E",
+        "-b",
+        "html",
+        "-d",
+        str(tmp_path / "doctrees"),
+        str(DOCS),
+        str(tmp_path / "html"),
+    )
+    _check(result, "sphinx-build -W")
+    assert (tmp_path / "html" / "index.html").is_file()
