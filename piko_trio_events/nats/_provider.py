@@ -911,7 +911,7 @@ class _JetStreamSubscription(NatsSubscription):
         else:
             self._consumer = f"{conn.config.jetstream.durable_prefix}_eph_{new_uuid()[:18]}"
             self._consumer = self._consumer.replace("-", "")
-        await self._ensure_consumer(first=True)
+        await self._create_consumer()
         self._deliver = nc.new_inbox()
         self._sub = await self._bridge.call(
             nc.subscribe,
@@ -924,6 +924,37 @@ class _JetStreamSubscription(NatsSubscription):
             _PENDING_BYTES,
         )
         conn.subscriptions.add(self)
+
+    async def _create_consumer(self) -> None:
+        """Create (or check) the consumer, retrying while the server is away.
+
+        A server outage while subscribing is not an error of the app: the
+        connection reconnects forever (``max_reconnect_attempts=-1``), so this
+        retries, with a warning each time, until the server answers or the
+        provider closes (the router's drain interrupts it).
+        """
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeoutError
+        from nats.js.errors import ServiceUnavailableError
+
+        delay = 0.1
+        while True:
+            try:
+                await self._ensure_consumer(first=True)
+                return
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                if self._conn.closed:
+                    raise ProviderClosedError(
+                        f"the provider closed while subscribing to {self.pattern!r}"
+                    ) from exc
+                logger.warning(
+                    "creating the consumer for %r failed (%s); retrying in %.1fs",
+                    self.pattern,
+                    self._conn.scrub(f"{type(exc).__name__}: {exc}"),
+                    delay,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, max(self._conn.config.reconnect_wait, 0.1))
 
     async def _ensure_consumer(self, *, first: bool = False) -> None:
         from nats.js.errors import NotFoundError
