@@ -31,6 +31,7 @@ from .._config import MemoryConfig
 from .._errors import ConfigError, ProviderClosedError, PublishError
 from .._message import _NACKED, Delivery, Message, validate_metadata
 from .._metrics import ProviderMetrics, provider_metrics
+from .._provider_base import ProviderBase
 from .._router import Router
 from .._topics import is_wildcard, topic_matches, validate_topic
 from .._util import single_error
@@ -563,7 +564,7 @@ class MemorySubscriber:
             subscription._return_inflight()
 
 
-class MemoryProvider:
+class MemoryProvider(ProviderBase[MemoryPublisher, MemorySubscriber]):
     """The in-memory provider, as yielded by :func:`open_memory_provider`.
 
     Attributes:
@@ -579,29 +580,9 @@ class MemoryProvider:
         publisher: MemoryPublisher,
         subscriber: MemorySubscriber,
     ) -> None:
+        super().__init__(publisher, subscriber, router)
         self.config = config
         self._broker = broker
-        self._router = router
-        self._publisher = publisher
-        self._subscriber = subscriber
-        self._running = False
-
-    @property
-    def publisher(self) -> MemoryPublisher:
-        return self._publisher
-
-    @property
-    def subscriber(self) -> MemorySubscriber:
-        return self._subscriber
-
-    @property
-    def router(self) -> Router:
-        return self._router
-
-    @property
-    def running(self) -> bool:
-        """True from start until the drain begins."""
-        return self._running
 
     @property
     def undelivered(self) -> list[Undelivered]:

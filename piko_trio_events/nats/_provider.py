@@ -46,6 +46,7 @@ from .._errors import (
 )
 from .._message import _NACKED, UUID_HEADER, Delivery, Message, validate_metadata
 from .._metrics import ProviderMetrics, provider_metrics
+from .._provider_base import ProviderBase
 from .._router import Router
 from .._topics import validate_topic
 from .._uuid import new_uuid
@@ -1344,7 +1345,7 @@ class NatsSubscriber:
             await subscription._stop()
 
 
-class NatsProvider:
+class NatsProvider(ProviderBase[NatsPublisher, NatsSubscriber]):
     """The NATS provider, as yielded by :func:`open_nats_provider`."""
 
     def __init__(
@@ -1355,29 +1356,9 @@ class NatsProvider:
         subscriber: NatsSubscriber,
         router: Router,
     ) -> None:
+        super().__init__(publisher, subscriber, router)
         self.config = config
         self._conn = conn
-        self._publisher = publisher
-        self._subscriber = subscriber
-        self._router = router
-        self._running = False
-
-    @property
-    def publisher(self) -> NatsPublisher:
-        return self._publisher
-
-    @property
-    def subscriber(self) -> NatsSubscriber:
-        return self._subscriber
-
-    @property
-    def router(self) -> Router:
-        return self._router
-
-    @property
-    def running(self) -> bool:
-        """True from start until the drain begins."""
-        return self._running
 
     @property
     def connected(self) -> bool:
