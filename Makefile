@@ -23,7 +23,12 @@ lint: $(VENV)/.installed
 test: lint
 	$(PY) -m pytest $(ARGS)
 
-bench: $(VENV)/.installed
+# The benchmark's optional contenders (FastStream) and plot (matplotlib).
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[nats,test,docs,bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(PY) -m piko_trio_events.bench $(ARGS)
 
 docs: $(VENV)/.installed
