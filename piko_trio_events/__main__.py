@@ -13,7 +13,14 @@ Commands (``COMMAND --help`` for each):
 * ``bench`` runs the benchmark harness (``bench --help``).
 
 ``publish``, ``subscribe`` and ``streams`` talk to ``--nats URL`` (default
-``nats://127.0.0.1:4222``), under JetStream unless ``--core``.
+``nats://127.0.0.1:4222``), under JetStream unless ``--core``. Like the
+library, ``publish`` and ``subscribe`` create a stream ``PIKO_<root>`` for a
+topic's first token when no stream holds the topic; against a production
+server, where streams are provisioned on purpose, pass ``--no-provision``: a
+topic no stream holds (a typo) is then an error (exit 1) rather than a new
+stream. Provisioning stays the default, as in the library, so that the
+commands work on a fresh development server (subscribe, then publish) with
+no set-up; a production server is where you pass the flag.
 
 Exit codes: 0 done; 1 an error of the library (``error: ...`` on stderr:
 unreachable server, failed publish, no JetStream, ...); 2 bad arguments
@@ -44,6 +51,7 @@ from . import (
     PikoEventsError,
     Provider,
     RouterConfig,
+    StreamNotFoundError,
     cancel_on_signals,
     open_memory_provider,
     open_nats_provider,
@@ -175,13 +183,13 @@ async def run_demo(orders: int, *, nats: str | None, forever: bool) -> int:
 # -- publish / subscribe / streams ---------------------------------------------------
 
 
-def _nats_config(url: str, *, core: bool = False) -> NatsConfig:
+def _nats_config(url: str, *, core: bool = False, provision: bool = True) -> NatsConfig:
     return NatsConfig(
         url=url,
         cluster_id="piko-events-cli",
         close_timeout=5.0,
         router=RouterConfig(close_timeout=5.0),
-        jetstream=JetStreamConfig(disabled=core),
+        jetstream=JetStreamConfig(disabled=core, auto_provision=provision),
     )
 
 
@@ -343,6 +351,15 @@ def _add_connection(parser: argparse.ArgumentParser, *, core: bool = True) -> No
             action="store_true",
             help="core NATS (at-most-once) instead of JetStream",
         )
+        parser.add_argument(
+            "--no-provision",
+            dest="provision",
+            action="store_false",
+            help="never create a JetStream stream: a topic that no stream holds is an "
+            "error (exit 1). Without it, a stream PIKO_<root> (subjects <root> and "
+            "<root>.>, <root> being the topic's first token) is created when none "
+            "holds the topic. Use it against production servers.",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -371,7 +388,8 @@ def _parser() -> argparse.ArgumentParser:
         help="publish DATA, or each line of stdin, to TOPIC",
         description="Publish DATA to TOPIC, or with no DATA each line of stdin (without "
         "its line ending) as one message. Under JetStream (the default) it returns once "
-        "every message is stored, creating the topic's stream if none exists.",
+        "every message is stored; when no stream holds TOPIC, it creates one "
+        "(PIKO_<root>) unless --no-provision.",
     )
     publish.add_argument("topic", metavar="TOPIC", help="the topic (no wildcards)")
     publish.add_argument("data", metavar="DATA", nargs="?", help="the payload (default: stdin)")
@@ -394,7 +412,8 @@ def _parser() -> argparse.ArgumentParser:
         "arrive, one per line, and ack each once printed. A private subscription (only "
         "messages published from now on) unless --group names a group: it never takes "
         "messages from a production group. Prints 'subscribed to TOPIC' on stderr once "
-        "subscribed. Runs until --count messages or SIGINT / SIGTERM.",
+        "subscribed. Runs until --count messages or SIGINT / SIGTERM. Under JetStream, "
+        "when no stream holds TOPIC it creates one (PIKO_<root>) unless --no-provision.",
     )
     subscribe.add_argument("topic", metavar="TOPIC", help="the topic or pattern")
     subscribe.set_defaults(command_parser=subscribe)
@@ -450,13 +469,13 @@ def _run(command: str, args: argparse.Namespace, parser: argparse.ArgumentParser
         except ValueError as exc:
             parser.error(f"--metadata: {exc}")
         data = None if args.data is None else os.fsencode(args.data)
-        config = _nats_config(args.nats, core=args.core)
+        config = _nats_config(args.nats, core=args.core, provision=args.provision)
         return trio.run(run_publish, config, args.topic, data, metadata)
     if command == "subscribe":
         _check_topic(parser, args.topic, pattern=True, core=args.core)
         if args.group is not None and not args.group:
             parser.error("--group must not be empty")
-        config = _nats_config(args.nats, core=args.core)
+        config = _nats_config(args.nats, core=args.core, provision=args.provision)
         return trio.run(
             lambda: run_subscribe(
                 config, args.topic, group=args.group, as_json=args.json, count=args.count
@@ -484,6 +503,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     try:
         return _run(args.command, args, args.command_parser)
+    except StreamNotFoundError as exc:
+        from .nats._names import stream_name, topic_root
+
+        name = stream_name(JetStreamConfig().durable_prefix, topic_root(args.topic))
+        print(
+            f"error: {exc}: provision a stream for it, or drop --no-provision to have "
+            f"{name} created",
+            file=sys.stderr,
+        )
+        return 1
     except (PikoEventsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

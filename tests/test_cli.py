@@ -281,3 +281,37 @@ async def test_sigterm_interrupts_a_publish_from_stdin_with_exit_130() -> None:
             await publisher.stdin.aclose()
     assert code == 130, err
     assert "interrupted after publishing 1 message(s) to feed" in err
+
+
+async def test_no_provision_creates_no_stream_and_uses_an_existing_one() -> None:
+    for command in ("publish", "subscribe"):
+        shown = await cli(command, "--help")
+        help_text = b" ".join(shown.stdout.split())  # argparse wraps the lines
+        assert b"--no-provision" in help_text
+        assert b"a stream PIKO_<root>" in help_text
+    async with open_nats_server(jetstream=True) as server:
+        # No stream holds the topic: a clear error, exit 1, and nothing created.
+        refused = await cli(
+            "publish", "orders.created", "x", "--no-provision", "--nats", server.url
+        )
+        assert refused.returncode == 1, refused.stderr
+        err = refused.stderr.decode()
+        assert err.startswith("error: no JetStream stream holds topic 'orders.created'"), err
+        assert "drop --no-provision to have PIKO_orders created" in err
+        unsubscribed = await cli(
+            "subscribe", "orders.*", "--no-provision", "--count", "1", "--nats", server.url
+        )
+        assert unsubscribed.returncode == 1, unsubscribed.stderr
+        assert b"no JetStream stream holds topic 'orders.*'" in unsubscribed.stderr
+        listed = await cli("streams", "--nats", server.url)
+        assert listed.stdout == b"no JetStream streams\n", listed.stdout
+        # Without the flag the stream is provisioned; with it, an existing one is used.
+        provisioned = await cli("publish", "orders.created", "first", "--nats", server.url)
+        assert provisioned.returncode == 0, provisioned.stderr
+        proc = await subscriber("orders.*", "--no-provision", "--count", "1", "--nats", server.url)
+        sent = await cli("publish", "orders.paid", "second", "--no-provision", "--nats", server.url)
+        assert sent.returncode == 0, sent.stderr
+        code, out, err = await finish(proc)
+        assert (code, out) == (0, "orders.paid: second\n"), err
+        listed = await cli("streams", "--nats", server.url)
+    assert listed.stdout.decode().count("stream PIKO_orders ") == 1, listed.stdout

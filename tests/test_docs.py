@@ -42,7 +42,7 @@ SCRIPTS: list[tuple[str, tuple[str, ...], bool, str]] = [
     ("migrating.py", (), False, "NatsConfig(url='nats://nats-1:4222,nats://nats-2:4222'"),
 ]
 # Example test files, run with pytest.
-TEST_FILES = ["test_my_handlers.py"]
+TEST_FILES = ["test_my_handlers.py", "test_ledger_idempotency.py"]
 
 TIMEOUT = 120.0
 
@@ -89,6 +89,48 @@ def test_example_script_runs(name: str, args: tuple[str, ...], expected: str) ->
     assert expected in result.stdout
 
 
+SPAN_LINE = re.compile(
+    r"^span '(?P<name>[^']+)' trace_id=(?P<trace>[0-9a-f]{32}) "
+    r"span_id=(?P<span>[0-9a-f]{16}) parent=(?P<parent>[0-9a-f]{16}|-)$",
+    re.M,
+)
+METRIC_LINE = re.compile(r"^metric (?P<name>\S+) ", re.M)
+
+
+@pytest.mark.nats
+@needs_nats
+@pytest.mark.skipif(not HAVE_OTEL_SDK, reason="needs opentelemetry-sdk")
+def test_quickstart_step_3_shows_one_trace_and_the_metrics_on_nats() -> None:
+    """The quickstart's last step: publish -> process -> output in one trace, and the metrics."""
+    result = _run(str(EXAMPLES / "quickstart.py"), "--nats", "--trace")
+    _check(result, "docs/examples/quickstart.py --nats --trace")
+    out = result.stdout
+    spans = {m["name"]: m for m in SPAN_LINE.finditer(out)}
+    assert {"orders.created publish", "orders.created process"} <= spans.keys(), out
+    publish, process = spans["orders.created publish"], spans["orders.created process"]
+    assert publish["parent"] == "-", out
+    assert process["trace"] == publish["trace"], out
+    assert process["parent"] == publish["span"], out
+    # The handler's output carries the trace on: its parent is the process span.
+    assert f"traceparent: 00-{process['trace']}-{process['span']}-" in out, out
+    names = {m["name"] for m in METRIC_LINE.finditer(out)}
+    for name in (
+        "events.adapters.nats.messages_published",
+        "events.adapters.nats.messages_received",
+        "events.adapters.nats.messages_acked",
+        "events.adapters.nats.provider_start_duration",
+        "events.router.handler_duration",
+        "events.router.handler_in_flight",
+    ):
+        assert name in names, out
+    # What the observability page shows as this step's output is what it prints.
+    shown = (DOCS / "observability.md").read_text(encoding="utf-8")
+    shown_names = set(METRIC_LINE.findall(shown))
+    assert shown_names, "observability.md shows no output of the quickstart's step 3"
+    assert shown_names <= names, f"shown but not printed: {shown_names - names}"
+    assert {m["name"] for m in SPAN_LINE.finditer(shown)} <= spans.keys()
+
+
 @pytest.mark.skipif(not HAVE_HYPOTHESIS, reason="needs hypothesis")
 @pytest.mark.parametrize("name", TEST_FILES)
 def test_example_test_file_passes(name: str) -> None:
@@ -117,6 +159,17 @@ def test_pages_hold_no_untested_python() -> None:
             assert (DOCS / included).is_file(), f"{page.name}: {included} does not exist"
 
 
+def test_readme_python_runs() -> None:
+    """The README's Python block (not under docs/, so checked here)."""
+    blocks = re.findall(
+        r"^```python\n(.*?)^```", (ROOT / "README.md").read_text("utf-8"), re.M | re.S
+    )
+    assert len(blocks) == 1, "one Python block in the README: update this test"
+    result = _run("-c", blocks[0])
+    _check(result, "the README's Python block")
+    assert "auditing b'{\"id\": 1}'" in result.stdout
+
+
 def test_documented_bench_commands_run() -> None:
     """The performance page's commands, on tiny counts (a smoke test, not a benchmark)."""
     memory = _run(
@@ -139,9 +192,9 @@ def test_documented_bench_commands_run() -> None:
 @pytest.mark.nats
 @needs_nats
 def test_documented_nats_bench_command_runs() -> None:
-    result = _run("-m", "piko_trio_events.bench", "nats", "--count", "200", "--rounds", "1")
-    _check(result, "python -m piko_trio_events.bench nats")
-    assert "js_consume_ratio" in result.stdout
+    result = _run("-m", "piko_trio_events.bench", "nats", "--quick", "--json", "")
+    _check(result, "python -m piko_trio_events.bench nats --quick")
+    assert "piko / raw-nats-py" in result.stdout
 
 
 @pytest.mark.skipif(

@@ -28,7 +28,7 @@ spans = InMemorySpanExporter()
 tracer_provider = TracerProvider()
 tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
 trace.set_tracer_provider(tracer_provider)
-logging.basicConfig(level=logging.INFO)  # loggers are named after the modules
+logging.basicConfig(level=logging.INFO)  # piko_trio_events.memory, .nats, .router
 
 
 async def main() -> None:

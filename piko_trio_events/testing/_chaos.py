@@ -27,7 +27,7 @@ draw (and shrink) the schedules::
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 (``Ledger`` stands for your handler and its store; the repository's
-``tests/testing/test_chaos_example.py`` is a complete worked example.)
+``docs/examples/test_ledger_idempotency.py`` is a complete worked example.)
 
 On failure hypothesis prints the shrunk schedule (its ``repr`` lists the
 faults by delivery) and, as notes, what the chaos provider did to each
