@@ -39,6 +39,7 @@ SCRIPTS: list[tuple[str, tuple[str, ...], bool, str]] = [
     ("guarantees.py", (), True, "core NATS group kept: []"),
     ("provisioning.py", (), True, "received from the provisioned stream: b'1'"),
     ("observability.py", (), False, "events.router.handler_duration"),
+    ("security.py", (), True, "password shown: False"),
     ("migrating.py", (), False, "NatsConfig(url='nats://nats-1:4222,nats://nats-2:4222'"),
 ]
 # Example test files, run with pytest.
