@@ -16,6 +16,7 @@ from ._config import MemoryConfig as MemoryConfig
 from ._config import NatsConfig as NatsConfig
 from ._config import RouterConfig as RouterConfig
 from ._errors import AckError as AckError
+from ._errors import AuthError as AuthError
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectError as ConnectError
 from ._errors import InvalidTopicError as InvalidTopicError
@@ -37,6 +38,7 @@ from .nats import open_nats_provider as open_nats_provider
 
 __all__ = [
     "AckError",
+    "AuthError",
     "ConfigError",
     "ConnectError",
     "Delivery",

@@ -147,14 +147,19 @@ _SECRET_OPTIONS = frozenset(
         "user_jwt_cb",
         "tls",
         "tls_hostname",
+        "ws_connection_headers",  # may carry an Authorization header
     }
 )
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password (or token in the user part) replaced by ``***``."""
+    """``url`` with any password (or token in the user part) replaced by ``***``.
+
+    Works on any text (an error message naming several URLs); a password
+    that holds an unescaped ``@`` is hidden whole.
+    """
     return re.sub(
-        r"(?<=://)([^:/@]*)(:[^@/]*)?@",
+        r"(?<=://)([^:/@\s]*)(:[^/\s]*)?@",
         lambda m: ("***" if m.group(2) is None else m.group(1) + ":***") + "@",
         url,
     )

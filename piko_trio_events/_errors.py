@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "AckError",
+    "AuthError",
     "ConfigError",
     "ConnectError",
     "InvalidTopicError",
@@ -37,6 +38,19 @@ class ProviderClosedError(PikoEventsError):
 
 class ConnectError(PikoEventsError):
     """The first connection to the server could not be made."""
+
+
+class AuthError(ConnectError):
+    """The server refused this client, or a TLS certificate check failed.
+
+    A wrong user, password, token or nkey, a server certificate this client
+    does not trust, or a missing or untrusted client certificate (mutual
+    TLS). Retrying with the same settings cannot succeed, so the first
+    connect raises it at once rather than after the connect timeout. A
+    running provider whose reconnects are refused several times in a row
+    (the password was changed under it) gives up with it too. The message
+    never contains the secret itself.
+    """
 
 
 class StreamNotFoundError(PikoEventsError):

@@ -35,7 +35,13 @@ API_NAMES = {
     "PublishError",
     "AckError",
 }
-EXTRA_NAMES = {"StartPosition", "cancel_on_signals", "current_handler_name", "HandlerOutputError"}
+EXTRA_NAMES = {
+    "AuthError",
+    "StartPosition",
+    "cancel_on_signals",
+    "current_handler_name",
+    "HandlerOutputError",
+}
 
 
 def test_all_matches_contract() -> None:
@@ -79,6 +85,8 @@ def test_errors_form_one_hierarchy() -> None:
         "ProviderClosedError",
     ):
         assert issubclass(getattr(piko_trio_events, name), piko_trio_events.PikoEventsError)
+    # Credentials or a certificate refused: a kind of connect failure.
+    assert issubclass(piko_trio_events.AuthError, piko_trio_events.ConnectError)
 
 
 @pytest.mark.parametrize("module", ["piko_trio_events.middleware", "piko_trio_events.testing"])

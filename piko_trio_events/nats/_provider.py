@@ -133,12 +133,13 @@ _HEADER_KEY: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UUID_LINE: Final = b"NATS/1.0\r\n" + UUID_HEADER.encode() + b": "
 
 
-def _encode(prefix: bytes, msg: Message, track_id: bool) -> bytes:
+def _encode(prefix: bytes, msg: Message, track_id: bool | bytes) -> bytes:
     """The HPUB command for ``msg`` (``prefix`` is ``b"HPUB <subject> "``).
 
     The same bytes nats-py's ``publish(subject, payload, headers=...)``
     writes, built in one go: the uuid in ``_watermill_message_uuid``, the
-    metadata as headers, the uuid as ``Nats-Msg-Id`` with ``track_id``.
+    metadata as headers, and with ``track_id`` a ``Nats-Msg-Id``: the uuid,
+    after ``track_id`` itself when it is bytes (a topic qualifier).
     """
     uuid = msg.uuid.encode()
     metadata = msg.metadata
@@ -149,7 +150,8 @@ def _encode(prefix: bytes, msg: Message, track_id: bool) -> bytes:
                 raise ValueError(f"metadata key {key!r} is not a valid NATS header name")
             parts += (key.encode(), b": ", value.encode(), b"\r\n")
         if track_id:
-            parts += (b"Nats-Msg-Id: ", uuid, b"\r\n")
+            qualifier = track_id if type(track_id) is bytes else b""
+            parts += (b"Nats-Msg-Id: ", qualifier, uuid, b"\r\n")
         parts.append(b"\r\n")
         header = b"".join(parts)
     else:
@@ -220,6 +222,18 @@ class _Connection:
         self.closed = False
         self.errors: list[str] = []  # causes seen during the first connect
         self.last_error = ""
+        # Refusals: the server rejected the credentials, or a TLS certificate
+        # check failed. Retrying with the same settings cannot help.
+        self.refusals = 0  # among ``errors`` (the first connect)
+        self.refused = ""  # a refusal that ends the first connect at once
+        self.auth_failures = 0  # consecutive refusals while reconnecting
+        #: Consecutive refusals after which reconnecting stops (plain network
+        #: errors never count: an outage is retried per max_reconnect_attempts).
+        self.auth_failure_limit = 3
+        #: Why the connection ended without the provider closing it, if it did.
+        self.failure: ConnectError | None = None
+        self._connecting: Client | None = None  # the client of the first connect
+        self._connect_task: Any = None  # its asyncio task, while it runs
         self.events_send, self.events_receive = trio.open_memory_channel[str](256)
         self.streams: dict[str, str] = {}  # topic (or root) -> stream name
         self.stream_lock = trio.Lock()
@@ -234,36 +248,122 @@ class _Connection:
             self.events_send.send_nowait(event)
 
     async def _error_cb(self, error: Exception) -> None:
-        from nats.errors import SlowConsumerError
+        import ssl
+
+        from nats.errors import AuthorizationError, SlowConsumerError
+
+        from .._errors import AuthError
 
         if isinstance(error, SlowConsumerError):
             self.dropped += 1
             self._event("slow_consumer")
             return
         text = self.scrub(str(error) or type(error).__name__)
+        client = self.nc if self.nc is not None else self._connecting
+        info: dict[str, Any] = getattr(client, "_server_info", None) or {}
+        lowered = text.lower()
+        refusal, certain = "", True
+        if isinstance(error, AuthorizationError) or "authorization violation" in lowered:
+            refusal = "authorization violation: the server refused the credentials"
+        elif "authentication expired" in lowered or "authentication revoked" in lowered:
+            refusal = "the server no longer accepts the credentials"
+        elif isinstance(error, ssl.SSLCertVerificationError):
+            refusal = "TLS: the server's certificate is not trusted"
+        elif isinstance(error, ssl.SSLError) and any(
+            alert in lowered
+            for alert in ("alert certificate", "alert bad certificate", "unknown ca")
+        ):
+            refusal = "TLS: the server refused the client certificate (mutual TLS)"
+        elif info.get("tls_verify") and isinstance(error, ConnectionResetError | BrokenPipeError):
+            # The server asked for a client certificate, then dropped the link
+            # right after the handshake: it did not accept ours (or none).
+            refusal = "TLS: the server requires a client certificate it trusts (mutual TLS)"
+            certain = False
+        if refusal:
+            text = f"{refusal} ({text})"
+            if client is not None and client._transport is not None:
+                # nats-py opens the next attempt's socket without closing this one.
+                client._transport.close()  # type: ignore[no-untyped-call]
+        if self.nc is None:  # the first connect: connect() reports the causes
+            self.last_error = text
+            if len(self.errors) < 32:
+                self.errors.append(text)
+            if refusal:
+                self.refusals += 1
+            task = self._connect_task
+            if refusal and certain and not self.refused and task is not None:
+                self.refused = text
+                task.cancel()  # retrying cannot help: end the first connect now
+            self._event("error")
+            return
+        if not refusal:
+            self.auth_failures = 0  # an outage between refusals: keep reconnecting
+        else:
+            self.auth_failures += 1
+            limit = self.auth_failure_limit
+            text += f"; refused {self.auth_failures} time(s) in a row (giving up at {limit})"
+            if self.auth_failures >= limit and self.failure is None:
+                self.failure = AuthError(
+                    f"NATS at {redact_url(self.config.url)} refused this client "
+                    f"{self.auth_failures} times in a row while reconnecting: {refusal}"
+                )
+                # Make nats-py's own reconnect loop give up: a server that has
+                # failed more than max_reconnect_attempts times is dropped from
+                # the pool, and an empty pool closes the connection (closed_cb).
+                self.nc.options["max_reconnect_attempts"] = 1
+                for server in self.nc._server_pool:
+                    server.reconnects = max(server.reconnects, 2)
         self.last_error = text
-        if len(self.errors) < 32:
-            self.errors.append(text)
         self._event("error")
 
     async def _disconnected_cb(self) -> None:
         self._event("disconnected")
 
     async def _reconnected_cb(self) -> None:
+        self.auth_failures = 0
         self._event("reconnected")
 
     async def _closed_cb(self) -> None:
+        nc = self.nc
+        if nc is not None and not self.closed:
+            # nats-py closed the connection itself: reconnecting gave up (after
+            # max_reconnect_attempts, or refused by the server: see _error_cb),
+            # or it read the server's "Authorization Violation" on a live link.
+            if self.failure is None:
+                from nats.errors import AuthorizationError
+
+                from .._errors import AuthError
+
+                cause = nc.last_error
+                where = f"NATS at {redact_url(self.config.url)}"
+                if isinstance(cause, AuthorizationError):
+                    self.failure = AuthError(
+                        f"{where} refused this client and closed the connection: "
+                        "authorization violation"
+                    )
+                else:
+                    last = self.last_error or (
+                        self.scrub(str(cause) or type(cause).__name__) if cause else "closed"
+                    )
+                    self.failure = ConnectError(
+                        f"the connection to {where} was lost and reconnecting gave up: {last}"
+                    )
+            logger.error("%s", self.failure)
         self._event("closed")
 
     # -- connecting --------------------------------------------------------------------
 
     async def _aio_connect(self) -> Client:
+        import asyncio
+
         from nats.aio.client import Client
 
         config = self.config
         servers = [seed.strip() for seed in config.url.split(",")]
         options: dict[str, Any] = dict(config.nats_options)
         nc = Client()
+        task = asyncio.current_task()
+        self._connecting, self._connect_task = nc, task
         try:
             # Bounded attempts for the first connect: with -1 nats-py would retry
             # forever and hide the cause. The configured policy applies afterwards.
@@ -280,9 +380,19 @@ class _Connection:
                 closed_cb=self._closed_cb,
                 **options,
             )
-        except BaseException:
+        except BaseException as exc:
+            refused = self.refused and isinstance(exc, asyncio.CancelledError)
+            if refused and task is not None:
+                task.uncancel()  # _error_cb cancelled the connect: the server refused us
+            if refused and nc._transport is not None:
+                # (nats-py can wait forever for a transport whose TLS failed to close)
+                nc._transport.close()  # type: ignore[no-untyped-call]
             await nc.close()
+            if refused:
+                raise ConnectError(self.refused) from None
             raise
+        finally:
+            self._connecting = self._connect_task = None
         nc.options["max_reconnect_attempts"] = config.max_reconnect_attempts
         nc.options["reconnect_time_wait"] = config.reconnect_wait
         for server in nc._server_pool:
@@ -290,7 +400,13 @@ class _Connection:
         return nc
 
     async def connect(self) -> None:
-        """Connect within ``connect_timeout`` or raise ConnectError (trio)."""
+        """Connect within ``connect_timeout`` or raise ConnectError (trio).
+
+        A refusal (bad credentials, an untrusted or missing certificate) raises
+        :class:`AuthError` as soon as the server shows it, not after the timeout.
+        """
+        from .._errors import AuthError
+
         config = self.config
         self.metrics.connection_attempts.add(1)
         cause = ""
@@ -303,14 +419,11 @@ class _Connection:
         if nc is None:
             self.metrics.connection_errors.add(1)
             reasons = [e for e in self.errors if e]
-            if any("authorization" in r.lower() for r in reasons):
-                reason = "authorization violation (bad credentials)"
-            else:
-                reason = reasons[-1] if reasons else (cause or "timed out")
-            raise ConnectError(
-                f"could not connect to NATS at {redact_url(config.url)} within "
-                f"{config.connect_timeout:g}s: {reason}"
-            )
+            reason = self.refused or (reasons[-1] if reasons else (cause or "timed out"))
+            where = f"could not connect to NATS at {redact_url(config.url)}"
+            if self.refused or (reasons and self.refusals == len(reasons)):
+                raise AuthError(f"{where}: {reason}")
+            raise ConnectError(f"{where} within {config.connect_timeout:g}s: {reason}")
         self.errors.clear()
         self.nc = nc
         self.connected = True
@@ -380,6 +493,10 @@ class _Connection:
                     subscription._on_reconnect()
             elif event == "closed":
                 self.connected = False
+                if self.failure is not None and not self.closed:
+                    # nats-py gave the connection up (credentials refused, or
+                    # max_reconnect_attempts spent): fail the provider with why.
+                    raise self.failure
             elif event == "slow_consumer":
                 if self.dropped in (1, 10, 100, 1000) or self.dropped % 10_000 == 0:
                     logger.warning("slow consumer: nats-py dropped %d message(s)", self.dropped)
@@ -490,6 +607,12 @@ class _Waiter:
             self.reason = self.reason or error
             self.no_stream = self.no_stream or no_stream
         if self.remaining == 0:
+            self._done.set()
+
+    def fail(self, reason: str) -> None:
+        """Give up on the replies still expected: ``wait`` returns at once."""
+        if self.remaining:
+            self.reason = self.reason or reason
             self._done.set()
 
     async def wait(self, limit: float) -> None:
@@ -638,13 +761,16 @@ class NatsPublisher:
             except (StreamNotFoundError, InvalidTopicError, ProviderClosedError):
                 raise
             except Exception as exc:
+                why = _no_jetstream(conn, exc) or conn.scrub(str(exc) or type(exc).__name__)
                 raise PublishError(
                     f"{len(messages)} of {len(messages)} message(s) to {topic!r} are "
-                    f"unconfirmed: no stream for it could be provisioned: "
-                    f"{conn.scrub(str(exc) or type(exc).__name__)}",
+                    f"unconfirmed: no stream for it could be provisioned: {why}",
                     unconfirmed=len(messages),
                 ) from exc
-        track = self._track_id
+        # The message id is qualified by the topic: a copy of a message (same
+        # uuid) published to another topic of the same stream is stored too,
+        # a republish to the same topic once.
+        track = topic.encode() + b":" if self._track_id else False
         subject = b"HPUB " + topic.encode() + b" "
         waiter = conn.replies.expect(len(messages))
         encoded = []
@@ -671,6 +797,13 @@ class NatsPublisher:
         if failed:
             if waiter.no_stream:
                 conn.streams.clear()
+                missing = _no_jetstream(conn)
+                if missing is not None:
+                    raise PublishError(
+                        f"{failed} of {len(messages)} message(s) to {topic!r} are "
+                        f"unconfirmed: {missing}",
+                        unconfirmed=failed,
+                    )
                 if not conn.config.jetstream.auto_provision:
                     raise StreamNotFoundError(
                         f"no JetStream stream holds topic {topic!r} (auto_provision is off)"
@@ -898,6 +1031,8 @@ class _JetStreamSubscription(NatsSubscription):
         self._recreate = False
         self._conflicts = 0  # 409/503 answers since the last pull: back off
         self._ack_async = conn.config.jetstream.ack_async
+        self._acking: set[_Waiter] = set()  # confirmed acks waiting for the server
+        self._discard = 0  # messages to nack on arrival (queued across a reconnect)
 
     # -- setup -------------------------------------------------------------------------
 
@@ -944,6 +1079,9 @@ class _JetStreamSubscription(NatsSubscription):
                 await self._ensure_consumer(first=True)
                 return
             except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+                why = _no_jetstream(self._conn, exc)
+                if why is not None:
+                    raise ConnectError(f"cannot subscribe to {self.pattern!r}: {why}") from None
                 if self._conn.closed:
                     raise ProviderClosedError(
                         f"the provider closed while subscribing to {self.pattern!r}"
@@ -1040,6 +1178,14 @@ class _JetStreamSubscription(NatsSubscription):
 
     async def _on_msg(self, raw: Msg) -> None:
         self._last_activity = trio.current_time()
+        if self._discard:
+            # Queued in nats-py before the reconnect was seen (see _on_reconnect).
+            self._discard -= 1
+            if raw.reply:
+                if self._credits > 0:
+                    self._credits -= 1
+                await raw.nak()
+                return
         headers = raw.headers
         if headers and not raw.reply:
             status = headers.get("Status")
@@ -1076,8 +1222,22 @@ class _JetStreamSubscription(NatsSubscription):
             wake.set()
 
     def _on_reconnect(self) -> None:
+        """A server restarted after ``kill -9`` may have lost the last acks and
+        deliveries of this consumer: it delivers those messages again and never
+        answers acks of deliveries it forgot (each would wait the ack timeout).
+        So what was received and not handed out yet is nacked instead (the
+        server sends it again), and confirmed acks in flight fail now."""
         self._credits = 0
         self._recreate = True
+        # What nats-py still queues for this subscription came (mostly) from the
+        # connection that was lost: nacked on arrival, like the buffer here.
+        self._discard = self._sub.pending_msgs if self._sub is not None else 0
+        for waiter in list(self._acking):
+            waiter.fail("the connection was lost before the server confirmed the ack")
+        push = self._bridge.push
+        for raw in self._inbox.drain():
+            self._unsettled.pop(raw.reply, None)
+            push((raw.reply, b"-NAK", "", None))
         self._wake_puller()
 
     # -- the puller (trio side) --------------------------------------------------------
@@ -1187,8 +1347,12 @@ class _JetStreamSubscription(NatsSubscription):
             return
         replies = self._conn.replies
         waiter = replies.expect(1)
+        self._acking.add(waiter)
         self._bridge.push(b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0)))
-        await waiter.wait(_ACK_TIMEOUT)
+        try:
+            await waiter.wait(_ACK_TIMEOUT)
+        finally:
+            self._acking.discard(waiter)
         if waiter.unconfirmed:
             replies.forget(waiter)
             raise AckError(
@@ -1410,6 +1574,37 @@ def _check_options(config: NatsConfig) -> None:
             raise ConfigError(
                 f"NatsConfig.nats_options[{key!r}] is set by the provider itself{instead}"
             )
+    import ssl
+
+    tls = config.nats_options.get("tls")
+    if tls is not None and not isinstance(tls, ssl.SSLContext):
+        # (the value is not shown: it may hold key material)
+        raise ConfigError(
+            "NatsConfig.nats_options['tls'] must be an ssl.SSLContext "
+            f"(e.g. ssl.create_default_context()), not a {type(tls).__name__}"
+        )
+
+
+def _no_jetstream(conn: _Connection, error: BaseException | None = None) -> str | None:
+    """Why JetStream failed, if the server has none (else None).
+
+    Called after a JetStream request found no responder (``error`` a
+    ServiceUnavailableError or NoRespondersError, or a publish answered 503):
+    the server's INFO then says whether JetStream is enabled at all.
+    """
+    if error is not None and type(error).__name__ not in (
+        "ServiceUnavailableError",
+        "NoRespondersError",
+    ):
+        return None
+    info = getattr(conn.nc, "_server_info", None) or {}
+    if info.get("jetstream"):
+        return None
+    return (
+        f"JetStream is not enabled on the NATS server at {redact_url(conn.config.url)}: "
+        f"start nats-server with -js (jetstream {{}} in its config), or use core NATS "
+        f"with NatsConfig(jetstream=JetStreamConfig(disabled=True))"
+    )
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:

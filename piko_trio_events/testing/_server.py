@@ -27,6 +27,8 @@ __all__ = ["NatsServer", "find_nats_server", "open_nats_server"]
 
 _READY_TIMEOUT = 10.0  # seconds for a started server to accept clients
 _STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
+_RELOADED = "Reloaded server configuration"  # the server's log line after SIGHUP
+_RELOAD_FAILED = "Failed to reload server configuration"
 
 
 def find_nats_server() -> str:
@@ -96,6 +98,16 @@ class NatsServer:
     @property
     def store_dir(self) -> str:
         return self._store_dir
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The extra nats-server arguments; assign new ones, then :meth:`restart`
+        (e.g. to change a password or a certificate while clients run)."""
+        return self._args
+
+    @args.setter
+    def args(self, value: Sequence[str]) -> None:
+        self._args = tuple(value)
 
     @property
     def running(self) -> bool:
@@ -191,6 +203,36 @@ class NatsServer:
         """Stop the server and start it again on the same port with the same store."""
         await self.stop()
         await self.start()
+
+    async def reload(self) -> None:
+        """Make the server re-read its config file (``-c`` in ``args``), as
+        ``nats-server --signal reload`` does; return once it has.
+
+        Clients stay connected; those the new config no longer authorizes
+        are disconnected by the server.
+        """
+        async with self._lock:
+            process = self._process
+            if process is None or process.returncode is not None:
+                raise RuntimeError("nats-server is not running")
+            done = self._log_count(_RELOADED)
+            process.send_signal(signal.SIGHUP)
+            with trio.move_on_after(_READY_TIMEOUT):
+                while self._log_count(_RELOADED) == done:
+                    if process.returncode is not None or _RELOAD_FAILED in self._log_tail(5):
+                        break
+                    await trio.sleep(0.01)
+                else:
+                    return
+            raise RuntimeError(
+                f"nats-server did not reload; see {self.log_path}:\n" + self._log_tail()
+            )
+
+    def _log_count(self, text: str) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
