@@ -88,12 +88,9 @@ CASES: dict[str, tuple[Features, Callable[[str], NatsConfig] | None]] = {
 }
 
 # (provider, check) -> why it fails: known provider bugs, reported to the lead.
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("jetstream_exactly_once", "concurrent_subscribe_multiple_topics"): (
-        "track_message_id: a copy (same uuid) published to another topic of the same root "
-        "(stream) is dropped by JetStream's duplicate window, yet publish() reports success"
-    ),
-}
+# (track_message_id once dropped a copy published to another topic of the same
+# stream: the message id is now qualified by the topic.)
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 async def _never_called() -> None:  # pragma: no cover - a placeholder

@@ -169,12 +169,11 @@ async def test_kill_9_mid_stream_and_restart_from_the_store_loses_no_confirmed_m
     restarted = trio.Event()
     with trio.fail_after(45):
         async with open_nats_provider(config) as provider:
-            # concurrency 256 (the subscription's buffer): after kill -9 the restarted
-            # server's consumer state may be older than what it delivered, and it does
-            # not answer the confirmed acks of messages buffered before the crash; each
-            # then waits the provider's 5 s ack timeout. One at a time that stalls for
-            # minutes (a provider liveness issue, reported separately); in parallel, 5 s.
-            @provider.router.handler("kill.x", group="killed", concurrency=256)
+            # concurrency 1: after kill -9 the restarted server's consumer state may be
+            # older than what it delivered, and it never answers the acks of deliveries
+            # it forgot; the provider nacks what it had received and not handed out
+            # instead of waiting 5 s on each ack (tests/nats/test_recovery.py).
+            @provider.router.handler("kill.x", group="killed", concurrency=1)
             async def consume(msg: Message) -> None:
                 nonlocal changed
                 handled.add(msg.payload)

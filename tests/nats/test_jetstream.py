@@ -10,6 +10,7 @@ import trio
 from piko_trio_events import (
     AckError,
     ConfigError,
+    ConnectError,
     InvalidTopicError,
     JetStreamConfig,
     Message,
@@ -18,7 +19,7 @@ from piko_trio_events import (
     StreamNotFoundError,
 )
 from piko_trio_events.nats import NatsProvider, open_nats_provider
-from piko_trio_events.testing._server import NatsServer
+from piko_trio_events.testing._server import NatsServer, open_nats_server
 
 from .helpers import Tally
 
@@ -219,10 +220,15 @@ async def test_track_message_id_stores_a_republished_message_once(
             await provider.publisher.publish("dedup.x", msg, msg.copy())
             await provider.publisher.publish("dedup.x", Message(b"other"))
             assert await stored(provider, "PIKO_dedup") == 2
+            # The id is per topic: a copy to another topic of the stream is stored
+            # too (once), and is not mistaken for the first.
+            await provider.publisher.publish("dedup.y", msg)
+            await provider.publisher.publish("dedup.y", msg.copy())
+            assert await stored(provider, "PIKO_dedup") == 3
         untracked = js(nats_server)
         async with open_nats_provider(untracked) as provider:
             await provider.publisher.publish("dedup.x", msg)
-            assert await stored(provider, "PIKO_dedup") == 3
+            assert await stored(provider, "PIKO_dedup") == 4
 
 
 async def test_without_auto_provision_a_missing_stream_is_named(nats_server: NatsServer) -> None:
@@ -361,3 +367,27 @@ async def test_confirmed_and_async_acks_settle_on_the_server(
                     info = await conn.bridge.call(conn.jsm.consumer_info, "PIKO_acks", sub)
             assert info.num_ack_pending == 0  # confirmed: settled when ack() returned
             assert info.ack_floor.stream_seq == 1
+
+
+async def test_a_server_without_jetstream_gives_a_clear_error_on_first_use() -> None:
+    async with open_nats_server(jetstream=False) as server:
+        for auto_provision in (True, False):
+            config = js(server, jetstream=JetStreamConfig(auto_provision=auto_provision))
+            with trio.fail_after(10):
+                async with open_nats_provider(config) as provider:
+                    with pytest.raises(PublishError, match="JetStream is not enabled") as caught:
+                        await provider.publisher.publish("plain.x", Message(b"js"))
+                    assert "JetStreamConfig(disabled=True)" in str(caught.value)
+                    assert caught.value.unconfirmed == 1
+                    # A subscription fails at once instead of retrying forever.
+                    with pytest.raises(ConnectError, match="JetStream is not enabled"):
+                        async with provider.subscriber.subscribe("plain.x", group="g"):
+                            pass  # pragma: no cover - subscribing fails
+        # Core NATS on the same server works.
+        core = js(server, jetstream=JetStreamConfig(disabled=True))
+        async with (
+            open_nats_provider(core) as provider,
+            provider.subscriber.subscribe("plain.x") as channel,
+        ):
+            await provider.publisher.publish("plain.x", Message(b"core"))
+            assert (await channel.receive()).payload == b"core"
