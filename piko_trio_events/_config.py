@@ -108,8 +108,9 @@ class JetStreamConfig:
         auto_provision: create a stream per topic root on first use (turn it
             off in production and provision streams yourself).
         durable_prefix: prefix of durable consumer names.
-        track_message_id: send the uuid as ``Nats-Msg-Id`` so the server
-            stores a republished message once (within ``duplicate_window``).
+        track_message_id: send ``<topic>:<uuid>`` as ``Nats-Msg-Id`` so the
+            server stores a message republished to the same topic once
+            (within ``duplicate_window``).
         ack_async: ``ack()`` returns without waiting for the server.
         replicas: replicas of auto-provisioned streams.
         duplicate_window: de-duplication window of auto-provisioned streams.
