@@ -1,7 +1,11 @@
-"""``python -m piko_trio_events.bench [memory|nats|all] [options]``: run the benchmarks.
+"""``python -m piko_trio_events.bench [SCENARIO|nats|all] [options]``: run the benchmarks.
 
-``nats`` runs raw nats-py and this library side by side against an embedded
-nats-server (``nats --help`` for its options).
+``all`` (the default) runs every scenario: the memory provider against a bare
+trio channel, the NATS matrix (raw nats-py, FastStream when installed, and
+this library, against a nats-server the harness starts) and the memory
+provider's peak RSS under a slow consumer. ``nats`` runs the NATS scenarios
+only; a scenario's name runs that one. ``plot RESULTS.json OUT.png`` draws
+a results file (needs matplotlib: the ``bench`` extra).
 
 Each contender runs in its own subprocess, the contenders alternate round by
 round, and the table shows the median of the rounds and the ratios to the
@@ -9,9 +13,8 @@ baseline(s). Results are also written as JSON (``--json``). Not a test: run
 it on a quiet machine and compare ratios within one run, not across machines.
 
 Adding a scenario: write a module beside ``_memory.py`` with a function that
-returns a :class:`~._runner.Scenario`, give it an :class:`Entry` in
-:data:`SCENARIOS` (its own options go in ``add_arguments``), and ``all``
-runs it too.
+returns a :class:`~._runner.Scenario` and give it an :class:`Entry` in
+:data:`SCENARIOS` (its own options go in ``add_arguments``); ``all`` runs it too.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from . import _memory
-from ._runner import Scenario, report, run_scenarios, write_json
+from . import _memory, _nats, _rss
+from ._runner import Scenario, print_summary, report, run_scenarios, write_json
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _no_arguments(group: argparse._ArgumentGroup) -> None:
+    pass
+
+
 def _memory_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--size", type=_non_negative, default=128, help="payload bytes (default: 128)"
@@ -61,12 +69,41 @@ def _memory_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def _memory_scenario(args: argparse.Namespace) -> Scenario:
+    default = 20_000 if args.quick else 200_000
     return _memory.scenario(
-        messages=args.messages or 200_000,
+        messages=args.messages or default,
         size=args.size,
         buffer=args.buffer,
-        warmup=20_000 if args.warmup is None else args.warmup,
+        warmup=(2_000 if args.quick else 20_000) if args.warmup is None else args.warmup,
     )
+
+
+def _rss_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--count",
+        type=_positive,
+        default=None,
+        help="messages through the slow consumer (default: 1000000; --quick: 20000)",
+    )
+    group.add_argument(
+        "--rate",
+        type=float,
+        default=20_000.0,
+        help="the consumer's limit, messages a second (default: 20000)",
+    )
+
+
+def _rss_scenario(args: argparse.Namespace) -> Scenario:
+    count = args.count or (20_000 if args.quick else 1_000_000)
+    return _rss.scenario(messages=count, rate=args.rate)
+
+
+def _nats_scenario(name: str, args: argparse.Namespace) -> Scenario:
+    if args.messages:
+        counts = _nats.Counts.every(args.messages)
+    else:
+        counts = _nats.Counts.quick() if args.quick else _nats.Counts()
+    return _nats.build(name, counts, timeout=min(args.timeout, 120.0))
 
 
 #: Scenario name -> its command-line entry. ``all`` runs every one, in this order.
@@ -76,25 +113,52 @@ SCENARIOS: dict[str, Entry] = {
         _memory_arguments,
         _memory_scenario,
     ),
+    **{
+        name: Entry(
+            _nats.HELP[name],
+            _no_arguments,
+            partial(_nats_scenario, name),
+        )
+        for name in _nats.NATS_SCENARIOS
+    },
+    "memory-rss": Entry(
+        "memory provider: peak RSS, 1,000,000 messages to a consumer limited to 20,000/s",
+        _rss_arguments,
+        _rss_scenario,
+    ),
+}
+
+#: Names that run several scenarios.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "all": tuple(SCENARIOS),
+    "nats": _nats.NATS_SCENARIOS,
 }
 
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--rounds", type=_positive, default=5, help="rounds per contender (default: 5)"
+        "--rounds",
+        type=_positive,
+        default=None,
+        help="rounds per contender (default: 3; --quick: 1; memory-rss: always 1)",
     )
     common.add_argument(
         "--messages",
         type=_positive,
         default=None,
-        help="messages a timed run (default: the scenario's; memory: 200000)",
+        help="messages a timed run, for every scenario but memory-rss (default: the scenario's)",
     )
     common.add_argument(
         "--warmup",
         type=_non_negative,
         default=None,
-        help="untimed messages before each timed run (default: the scenario's; memory: 20000)",
+        help="untimed messages before each timed memory run (default: 20000)",
+    )
+    common.add_argument(
+        "--quick",
+        action="store_true",
+        help="small counts and one round: a smoke test of the harness, not a measurement",
     )
     common.add_argument(
         "--json",
@@ -111,36 +175,51 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m piko_trio_events.bench",
         description=(
-            "Throughput benchmarks, each contender in its own subprocess, alternating"
-            " rounds, median of the rounds. With no scenario, runs all."
+            "Throughput and latency benchmarks, each contender in its own subprocess,"
+            " alternating rounds, median of the rounds. With no scenario, runs all."
         ),
     )
-    sub = p.add_subparsers(
-        dest="scenario", metavar="{" + ",".join([*SCENARIOS, "nats", "all"]) + "}"
-    )
-    sub.add_parser("nats", help="core NATS and JetStream vs raw nats-py (own options)")
-    every = sub.add_parser("all", parents=[common], help="every scenario available")
+    names = [*GROUPS, *SCENARIOS, "plot"]
+    sub = p.add_subparsers(dest="scenario", metavar="{" + ",".join(names) + "}")
+    for group, members in GROUPS.items():
+        what = "every scenario" if group == "all" else f"the {group.upper()} scenarios"
+        every = sub.add_parser(group, parents=[common], help=f"{what} ({len(members)})")
+        for name in members:
+            if SCENARIOS[name].add_arguments is not _no_arguments:
+                SCENARIOS[name].add_arguments(every.add_argument_group(f"{name} scenario"))
     for name, entry in SCENARIOS.items():
         one = sub.add_parser(name, parents=[common], help=entry.help)
         entry.add_arguments(one.add_argument_group(f"{name} scenario"))
-        entry.add_arguments(every.add_argument_group(f"{name} scenario"))
+    plot = sub.add_parser("plot", help="draw a results JSON file as a PNG (needs matplotlib)")
+    plot.add_argument("results", help="a JSON file written by --json")
+    plot.add_argument("output", help="the PNG to write")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["nats"]:
-        # The NATS side-by-side runs (raw nats-py vs this library) have their own
-        # harness beside the bridge; it starts its own nats-server.
-        from ..nats import _bench
-
-        return _bench.main(args_list[1:])
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, "all")
     args = parser().parse_args(args_list)
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    if args.scenario == "plot":
+        from ._plot import render
+
+        render(args.results, args.output)
+        print(f"plot written to {args.output}")
+        return 0
+    names = GROUPS.get(args.scenario, (args.scenario,))
+    for option in ("size", "buffer", "count", "rate"):
+        if not hasattr(args, option):
+            setattr(args, option, None)
+    if args.size is None:
+        args.size, args.buffer = 128, 8192
+    if args.rate is None:
+        args.rate = 20_000.0
     scenarios = [SCENARIOS[name].build(args) for name in names]
-    results = run_scenarios(scenarios, rounds=args.rounds, timeout=args.timeout)
+    rounds = args.rounds or (1 if args.quick else 3)
+    results = run_scenarios(scenarios, rounds=rounds, timeout=args.timeout)
+    if len(results) > 1:
+        print_summary(results)
     if args.json:
         write_json(report(results, args_list), args.json)
         print(f"\nresults written to {args.json}")

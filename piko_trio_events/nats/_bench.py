@@ -1,313 +1,251 @@
-"""Side-by-side throughput of the NATS provider and raw nats-py on asyncio.
+"""Benchmark contenders: raw nats-py on asyncio, written the natural way.
 
-Run ``python -m piko_trio_events.nats._bench [--count N] [--rounds R]``. It
-starts one nats-server and measures, against it, in one process:
+Each ``run_*`` function is a contender of a NATS scenario of
+:mod:`piko_trio_events.bench` (see :mod:`piko_trio_events.bench._nats`): it
+runs alone in a fresh interpreter, takes the scenario's parameters and
+returns ``{"messages": n, "seconds": s, ...}`` for the timed part only. It
+does the same work on the wire as the library: a fresh ``str(uuid4())`` in
+the ``_watermill_message_uuid`` header of every message it publishes.
 
-* core publish -> subscribe: raw nats-py (a fresh uuid per message in the
-  ``_watermill_message_uuid`` header, a callback subscription) against the
-  provider's publisher and a subscription channel, and against a router
-  handler;
-* JetStream publish in batches of 100 per call: nats-py ``publish_async``
-  (same headers) against ``publisher.publish(topic, *100 messages)``;
-* JetStream consume + ack: raw pull ``fetch`` + ``ack()`` against a router
-  handler on the provider (``ack_async=True``, as the raw side's ``ack()``
-  is fire-and-forget);
-* ``--only jsconfirmed``: the provider alone with confirmed acks (the
-  default), handler concurrency 1 and 32.
-
-Each figure is the best of ``rounds`` runs; the ratio is provider / raw.
+They live here, beside the bridge, because asyncio and nats-py may only be
+imported inside :mod:`piko_trio_events.nats`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import json
-import subprocess
-import sys
-import tempfile
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
+from uuid import uuid4
 
-import trio
+from .._message import UUID_HEADER
 
-from .._config import JetStreamConfig, NatsConfig
-from .._message import UUID_HEADER, Message
-from .._uuid import new_uuid
-from ..testing._server import _free_port, find_nats_server
-from ._provider import open_nats_provider
+__all__ = [
+    "percentiles",
+    "run_core",
+    "run_js_consume",
+    "run_js_publish",
+    "run_latency",
+]
 
-PAYLOAD = b"x" * 128
+#: Messages a JetStream pull asks for at once (the library's consumer pulls as many).
+FETCH_BATCH = 256
 
 
-# -- raw nats-py on asyncio --------------------------------------------------------------
+def percentiles(samples_us: list[float]) -> dict[str, float]:
+    """p50 / p99 / p99.9 (nearest rank) and the maximum, in microseconds."""
+    ordered = sorted(samples_us)
+    if not ordered:
+        raise RuntimeError("no latency samples")
+
+    def rank(q: float) -> float:
+        index = min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))
+        return round(ordered[index], 1)
+
+    return {
+        "p50_us": rank(0.50),
+        "p99_us": rank(0.99),
+        "p999_us": rank(0.999),
+        "max_us": round(ordered[-1], 1),
+        "samples": len(ordered),
+    }
 
 
-async def _raw_core(url: str, count: int) -> float:
+def _run(
+    main: Callable[[Mapping[str, Any]], Coroutine[Any, Any, dict[str, Any]]],
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    def run(params: Mapping[str, Any]) -> dict[str, Any]:
+        return asyncio.run(main(params))
+
+    run.__name__ = main.__name__.lstrip("_")
+    return run
+
+
+async def _wait(event: asyncio.Event, limit: float, what: Callable[[], str]) -> None:
+    try:
+        async with asyncio.timeout(limit):
+            await event.wait()
+    except TimeoutError:
+        raise RuntimeError(f"timed out after {limit:g} s: {what()}") from None
+
+
+def _headers() -> dict[str, str]:
+    return {UUID_HEADER: str(uuid4())}
+
+
+async def _connect(params: Mapping[str, Any]) -> Any:
     import nats
 
-    nc = await nats.connect(url)
-    done = asyncio.Event()
-    received = 0
+    return await nats.connect(str(params["url"]))
 
-    async def cb(msg: Any) -> None:
+
+# -- core publish -> subscriber callback ------------------------------------------------------
+
+
+async def _core(params: Mapping[str, Any]) -> dict[str, Any]:
+    count, warmup, size = int(params["messages"]), int(params["warmup"]), int(params["size"])
+    payload = os.urandom(size)
+    nc = await _connect(params)
+    subject = f"bench.core.{uuid4().hex}"
+    received = 0
+    goal = warmup
+    reached = asyncio.Event()
+
+    async def on_message(msg: Any) -> None:
         nonlocal received
         received += 1
-        if received == count:
-            done.set()
+        if received == goal:
+            reached.set()
 
-    await nc.subscribe("bench.core", cb=cb, pending_msgs_limit=count + 1)
+    total = count + warmup + 1
+    await nc.subscribe(
+        subject, cb=on_message, pending_msgs_limit=total, pending_bytes_limit=total * (size + 512)
+    )
     await nc.flush()
-    start = time.perf_counter()
-    for _ in range(count):
-        await nc.publish("bench.core", PAYLOAD, headers={UUID_HEADER: new_uuid()})
-    await done.wait()
-    elapsed = time.perf_counter() - start
+    publish = nc.publish
+    seconds = 0.0
+    for phase, n in (("warmup", warmup), ("timed", count)):
+        if n == 0:
+            continue
+        goal = received + n
+        reached.clear()
+        started = time.perf_counter()
+        for _ in range(n):
+            await publish(subject, payload, headers={UUID_HEADER: str(uuid4())})
+        await _wait(reached, float(params["timeout"]), lambda: f"{received} received")
+        if phase == "timed":
+            seconds = time.perf_counter() - started
     await nc.close()
-    return count / elapsed
+    return {"messages": count, "seconds": seconds, "received": received - warmup}
 
 
-async def _raw_js_publish(url: str, count: int, batch: int) -> float:
-    import nats
-
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    await _raw_stream(js, "rawpub")
-    start = time.perf_counter()
-    for _ in range(count // batch):
-        futures = [
-            await js.publish_async("rawpub.x", PAYLOAD, headers={UUID_HEADER: new_uuid()})
-            for _ in range(batch)
-        ]
-        await asyncio.gather(*futures)
-    elapsed = time.perf_counter() - start
-    await nc.close()
-    return (count // batch * batch) / elapsed
+run_core = _run(_core)
 
 
-async def _raw_stream(js: Any, root: str) -> None:
-    with contextlib.suppress(Exception):
-        await js.delete_stream(f"RAW_{root}")
+# -- JetStream publish --------------------------------------------------------------------------
+
+
+async def _stream(js: Any, root: str) -> None:
     await js.add_stream(name=f"RAW_{root}", subjects=[root, root + ".>"])
 
 
-async def _raw_js_consume(url: str, count: int) -> float:
-    import nats
-
-    nc = await nats.connect(url)
+async def _js_publish(params: Mapping[str, Any]) -> dict[str, Any]:
+    count, batch = int(params["messages"]), int(params["batch"])
+    payload = os.urandom(int(params["size"]))
+    nc = await _connect(params)
     js = nc.jetstream()
-    await _raw_stream(js, "rawcon")
-    await _fill(js, "rawcon.x", count)
-    sub = await js.pull_subscribe("rawcon.x", durable="raw")
-    start = time.perf_counter()
-    received = 0
-    while received < count:
-        msgs = await sub.fetch(256, timeout=5)
-        for msg in msgs:
-            await msg.ack()
-            received += 1
-    await nc.flush()
-    elapsed = time.perf_counter() - start
+    root = f"rawpub{uuid4().hex[:12]}"
+    subject = f"{root}.x"
+    await _stream(js, root)
+    calls = count // batch
+    for _ in range(int(params["warmup"]) // batch or 1):
+        await _publish_batch(js, subject, payload, batch)
+    started = time.perf_counter()
+    for _ in range(calls):
+        await _publish_batch(js, subject, payload, batch)
+    seconds = time.perf_counter() - started
     await nc.close()
-    return count / elapsed
+    return {"messages": calls * batch, "seconds": seconds}
 
 
-async def _fill(js: Any, subject: str, count: int) -> None:
-    for _ in range(count // 100):
+async def _publish_batch(js: Any, subject: str, payload: bytes, batch: int) -> None:
+    if batch == 1:
+        await js.publish(subject, payload, headers=_headers())
+        return
+    # publish_async returns a future per message; wait for the store acks together.
+    futures = [await js.publish_async(subject, payload, headers=_headers()) for _ in range(batch)]
+    await asyncio.gather(*futures)
+
+
+run_js_publish = _run(_js_publish)
+
+
+# -- JetStream consume + ack --------------------------------------------------------------------
+
+
+async def fill(js: Any, subject: str, payload: bytes, count: int) -> None:
+    """Store ``count`` messages on ``subject`` (untimed set-up of a consume run)."""
+    for start in range(0, count, 500):
         futures = [
-            await js.publish_async(subject, PAYLOAD, headers={UUID_HEADER: new_uuid()})
-            for _ in range(100)
+            await js.publish_async(subject, payload, headers=_headers())
+            for _ in range(min(500, count - start))
         ]
         await asyncio.gather(*futures)
 
 
-# -- the provider on trio ----------------------------------------------------------------
-
-
-async def _provider_core(url: str, count: int, *, router: bool) -> float:
-    config = NatsConfig(url=url, jetstream=JetStreamConfig(disabled=True))
-    done = trio.Event()
+async def _js_consume(params: Mapping[str, Any]) -> dict[str, Any]:
+    count = int(params["messages"])
+    confirmed = params["ack"] == "confirmed"
+    payload = os.urandom(int(params["size"]))
+    nc = await _connect(params)
+    js = nc.jetstream()
+    root = f"rawcon{uuid4().hex[:12]}"
+    subject = f"{root}.x"
+    await _stream(js, root)
+    await fill(js, subject, payload, count)
+    deadline = time.monotonic() + float(params["timeout"])
+    started = time.perf_counter()
+    sub = await js.pull_subscribe(subject, durable="raw")
     received = 0
-    async with open_nats_provider(config) as provider:
-        if router:
-
-            async def handler(msg: Message) -> None:
-                nonlocal received
-                received += 1
-                if received == count:
-                    done.set()
-
-            provider.router.add_handler("bench", "bench.core", handler)
-            await provider.publisher.flush()
-            start = time.perf_counter()
-            publish = provider.publisher.publish
-            for _ in range(count):
-                await publish("bench.core", Message(PAYLOAD))
-            await done.wait()
-            return count / (time.perf_counter() - start)
-        async with provider.subscriber.subscribe("bench.core") as channel:
-
-            async def consume() -> None:
-                nonlocal received
-                receive_nowait = channel.receive_nowait  # type: ignore[attr-defined]
-                while received < count:
-                    try:
-                        msg = receive_nowait()
-                    except trio.WouldBlock:
-                        msg = await channel.receive()
-                    await msg.ack()
-                    received += 1
-                done.set()
-
-            await provider.publisher.flush()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume)
-                start = time.perf_counter()
-                publish = provider.publisher.publish
-                for _ in range(count):
-                    await publish("bench.core", Message(PAYLOAD))
-                await done.wait()
-            return count / (time.perf_counter() - start)
-
-
-async def _provider_js_publish(url: str, count: int, batch: int) -> float:
-    config = NatsConfig(url=url)
-    async with open_nats_provider(config) as provider:
-        publish = provider.publisher.publish
-        await publish("pikopub.x", Message(PAYLOAD))
-        start = time.perf_counter()
-        for _ in range(count // batch):
-            await publish("pikopub.x", *[Message(PAYLOAD) for _ in range(batch)])
-        return (count // batch * batch) / (time.perf_counter() - start)
-
-
-async def _provider_js_consume(
-    url: str, count: int, round_: int, confirmed: bool = False, concurrency: int = 1
-) -> float:
-    root = f"pikocon{round_}{'c' if confirmed else ''}{concurrency}"
-    config = NatsConfig(
-        url=url,
-        subscribers_count=concurrency,
-        jetstream=JetStreamConfig(ack_async=not confirmed),
-    )
-    done = trio.Event()
-    received = 0
-    async with open_nats_provider(config) as provider:
-        publish = provider.publisher.publish
-        for _ in range(count // 100):
-            await publish(f"{root}.x", *[Message(PAYLOAD) for _ in range(100)])
-
-        async def handler(msg: Message) -> None:
-            nonlocal received
+    while received < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out: {received} of {count} consumed")
+        for msg in await sub.fetch(FETCH_BATCH, timeout=5):
+            if confirmed:
+                await msg.ack_sync()
+            else:
+                await msg.ack()
             received += 1
-            if received == count:
-                done.set()
-
-        start = time.perf_counter()
-        provider.router.add_handler("consume", f"{root}.x", handler)
-        await done.wait()
-        return count / (time.perf_counter() - start)
+    await nc.flush()
+    seconds = time.perf_counter() - started
+    await nc.close()
+    return {"messages": count, "seconds": seconds, "received": received}
 
 
-# -- driver --------------------------------------------------------------------------------
+run_js_consume = _run(_js_consume)
 
 
-def _best(rounds: int, *runs: Callable[[int], float]) -> list[float]:
-    """The best of ``rounds`` runs of each, interleaved so that noise hits all alike."""
-    best = [0.0] * len(runs)
-    for i in range(rounds):
-        for k, run in enumerate(runs):
-            best[k] = max(best[k], run(i))
-    return best
+# -- round trip latency: request -> handler -> reply topic --------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--count", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--only", choices=["core", "jspub", "jscon", "jsconfirmed"], action="append"
-    )
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args(argv)
-    count, rounds = args.count, args.rounds
-    only = set(args.only or ["core", "jspub", "jscon"])
-    port = _free_port()
-    url = f"nats://127.0.0.1:{port}"
-    results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as store:
-        server = subprocess.Popen(
-            [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            _wait_ready(port)
-            if "core" in only:
-                raw, chan, handler = _best(
-                    rounds,
-                    lambda i: asyncio.run(_raw_core(url, count)),
-                    lambda i: trio.run(lambda: _provider_core(url, count, router=False)),
-                    lambda i: trio.run(lambda: _provider_core(url, count, router=True)),
-                )
-                results.update(
-                    core_raw=raw,
-                    core_channel=chan,
-                    core_router=handler,
-                    core_channel_ratio=chan / raw,
-                    core_router_ratio=handler / raw,
-                )
-            if "jspub" in only:
-                raw, ours = _best(
-                    rounds,
-                    lambda i: asyncio.run(_raw_js_publish(url, count, 100)),
-                    lambda i: trio.run(_provider_js_publish, url, count, 100),
-                )
-                results.update(js_publish_raw=raw, js_publish=ours, js_publish_ratio=ours / raw)
-            if "jscon" in only:
-                raw, ours = _best(
-                    rounds,
-                    lambda i: asyncio.run(_raw_js_consume(url, count)),
-                    lambda i: trio.run(_provider_js_consume, url, count, i),
-                )
-                results.update(js_consume_raw=raw, js_consume=ours, js_consume_ratio=ours / raw)
-            if "jsconfirmed" in only:
-                # Confirmed acks (the default): one server round trip per ack, so
-                # handler concurrency is what pipelines them.
-                one, many = _best(
-                    rounds,
-                    lambda i: trio.run(_provider_js_consume, url, count, i, True, 1),
-                    lambda i: trio.run(_provider_js_consume, url, count, i, True, 32),
-                )
-                results.update(js_consume_confirmed_c1=one, js_consume_confirmed_c32=many)
-        finally:
-            server.terminate()
-            server.wait()
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for key, value in results.items():
-            unit = "" if key.endswith("ratio") else " msg/s"
-            shown = f"{value:.3f}x" if key.endswith("ratio") else f"{value:,.0f}"
-            print(f"{key:24} {shown}{unit}")
-    return 0
+async def _latency(params: Mapping[str, Any]) -> dict[str, Any]:
+    count, warmup, rate = int(params["messages"]), int(params["warmup"]), float(params["rate"])
+    nc = await _connect(params)
+    tag = uuid4().hex
+    requests, replies = f"bench.req.{tag}", f"bench.rep.{tag}"
+    total = warmup + count
+    sent = [0.0] * total
+    samples: list[float] = []
+    done = asyncio.Event()
+
+    async def handle(msg: Any) -> None:
+        await nc.publish(replies, msg.data, headers=_headers())
+
+    async def on_reply(msg: Any) -> None:
+        now = time.perf_counter()
+        index = int.from_bytes(msg.data[:8], "big")
+        if index >= warmup:
+            samples.append((now - sent[index]) * 1e6)
+        if index == total - 1 or len(samples) == count:
+            done.set()
+
+    await nc.subscribe(requests, cb=handle)
+    await nc.subscribe(replies, cb=on_reply)
+    await nc.flush()
+    padding = os.urandom(max(0, int(params["size"]) - 8))
+    started = time.perf_counter()
+    for index in range(total):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent[index] = time.perf_counter()
+        await nc.publish(requests, index.to_bytes(8, "big") + padding, headers=_headers())
+    await _wait(done, float(params["timeout"]), lambda: f"{len(samples)} of {count} replies")
+    seconds = time.perf_counter() - sent[warmup]
+    await nc.close()
+    return {"messages": count, "seconds": seconds, **percentiles(samples)}
 
 
-def _wait_ready(port: int) -> None:
-    import socket
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                if sock.recv(4096).startswith(b"INFO "):
-                    return
-        except OSError:
-            time.sleep(0.01)
-    raise RuntimeError("nats-server did not start")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+run_latency = _run(_latency)
