@@ -11,7 +11,7 @@ from typing import Any, Final, Protocol
 
 from ._uuid import new_uuid
 
-__all__ = ["UUID_HEADER", "Delivery", "Message", "validate_metadata"]
+__all__ = ["UUID_HEADER", "Delivery", "Message", "checked_payload", "validate_metadata"]
 
 #: The NATS header that carries a message's uuid (Watermill's NATS adapter's name).
 UUID_HEADER: Final = "_watermill_message_uuid"
@@ -83,11 +83,9 @@ class Message:
         uuid: str | None = None,
     ) -> None:
         if type(payload) is not bytes:
-            if not isinstance(payload, bytes | bytearray | memoryview):
-                raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
-            payload = bytes(payload)
-        if uuid is not None and (not isinstance(uuid, str) or not uuid):
-            raise ValueError(f"uuid must be a non-empty str, not {uuid!r}")
+            payload = checked_payload(payload)
+        if uuid is not None:
+            _check_uuid(uuid)
         self.payload = payload
         self.metadata = {} if metadata is None else _checked_metadata(metadata)
         self._uuid = uuid
@@ -211,6 +209,15 @@ class Message:
         )
 
 
+def checked_payload(payload: object) -> bytes:
+    """``payload`` as bytes: a bytearray or memoryview is copied, anything else
+    is a TypeError. Providers call it on publish for a payload that is not
+    ``bytes`` (``Message.payload`` can be replaced after construction)."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+    return bytes(payload)
+
+
 #: A NATS header name: an HTTP token (RFC 9110).
 _HEADER_KEY: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _EDGE_WHITESPACE: Final = " \t\v\f"
@@ -242,8 +249,30 @@ def validate_metadata(metadata: Mapping[str, str]) -> None:
             raise ValueError(f"metadata key {key!r}: keys starting with 'Nats-' are reserved")
         if key == UUID_HEADER:
             raise ValueError(f"metadata key {key!r} is reserved for the message uuid")
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"metadata value of {key!r} holds a line break")
-        if value and (value[0] in _EDGE_WHITESPACE or value[-1] in _EDGE_WHITESPACE):
-            # NATS header values lose it on the way: refuse rather than alter.
-            raise ValueError(f"metadata value of {key!r} starts or ends with whitespace")
+        problem = _header_value_problem(value)
+        if problem is not None:
+            raise ValueError(f"metadata value of {key!r} {problem}")
+
+
+def _header_value_problem(value: str) -> str | None:
+    """Why a NATS header cannot carry ``value`` unchanged, or None if it can."""
+    if "\r" in value or "\n" in value:
+        return "holds a line break"
+    if value and (value[0] in _EDGE_WHITESPACE or value[-1] in _EDGE_WHITESPACE):
+        # NATS header values lose it on the way: refuse rather than alter.
+        return "starts or ends with whitespace"
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "has no UTF-8 form (a lone surrogate)"
+    return None
+
+
+def _check_uuid(uuid: object) -> None:
+    """A given uuid travels as a header value (and as ``Nats-Msg-Id``): the same rules."""
+    if not isinstance(uuid, str) or not uuid:
+        raise ValueError(f"uuid must be a non-empty str, not {uuid!r}")
+    problem = _header_value_problem(uuid)
+    if problem is not None:
+        raise ValueError(f"uuid {uuid!r} {problem}")

@@ -1,12 +1,16 @@
 """Topic rules shared by every provider: NATS subject syntax.
 
-Tokens are separated by ``.``; no token is empty or holds whitespace; at most
-255 characters. ``*`` (exactly one token) and ``>`` (one or more tokens; last
-token only) are wildcards, allowed when subscribing and never when publishing.
+Tokens are separated by ``.``; no token is empty or holds whitespace or an
+ASCII control character; at most 255 characters, all of them encodable as
+UTF-8 (the wire form). ``*`` (exactly one token) and ``>`` (one or more
+tokens; last token only) are wildcards, allowed when subscribing and never
+when publishing; they are never part of a longer token (``a*`` is invalid:
+NATS clients refuse it and JetStream streams read it as a wildcard).
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from ._errors import InvalidTopicError
@@ -15,6 +19,7 @@ __all__ = ["MAX_TOPIC_LENGTH", "is_wildcard", "topic_matches", "validate_topic"]
 
 MAX_TOPIC_LENGTH = 255
 _WHITESPACE = frozenset(" \t\r\n\f\v")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @lru_cache(maxsize=4096)
@@ -30,6 +35,11 @@ def _check(topic: str, wildcards: bool) -> None:
         )
     if not _WHITESPACE.isdisjoint(topic):
         raise InvalidTopicError(f"topic {topic!r} contains whitespace")
+    if _CONTROL.search(topic):
+        # JetStream consumers never deliver a subject holding DEL, for one
+        raise InvalidTopicError(f"topic {topic!r} contains a control character")
+    if not topic.isascii() and not _encodable(topic):
+        raise InvalidTopicError(f"topic {topic!r} has no UTF-8 form (a lone surrogate)")
     tokens = topic.split(".")
     last = len(tokens) - 1
     for i, token in enumerate(tokens):
@@ -43,6 +53,20 @@ def _check(topic: str, wildcards: bool) -> None:
                 )
             if token == ">" and i != last:
                 raise InvalidTopicError(f"topic {topic!r}: '>' may only be the last token")
+        elif "*" in token or ">" in token:
+            # NATS clients refuse such a subscription, and a stream's subjects
+            # read it as a wildcard: never a literal part of a token.
+            raise InvalidTopicError(
+                f"topic {topic!r}: '*' and '>' are wildcards, allowed only as whole tokens"
+            )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_topic(topic: str, *, wildcards: bool = False) -> str:

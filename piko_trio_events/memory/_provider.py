@@ -29,7 +29,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 from .._abc import StartPosition, validate_start
 from .._config import MemoryConfig
 from .._errors import ConfigError, ProviderClosedError, PublishError
-from .._message import _NACKED, Delivery, Message, validate_metadata
+from .._message import _NACKED, Delivery, Message, checked_payload, validate_metadata
 from .._metrics import ProviderMetrics, provider_metrics
 from .._provider_base import ProviderBase
 from .._router import Router
@@ -295,6 +295,8 @@ class MemoryPublisher:
         for msg in messages:
             if not isinstance(msg, Message):
                 raise TypeError(f"publish() takes Message objects, not {type(msg).__name__}")
+            if type(msg.payload) is not bytes:  # replaced after construction
+                msg.payload = checked_payload(msg.payload)
             if msg.metadata:
                 validate_metadata(msg.metadata)
         await checkpoint_if_cancelled()

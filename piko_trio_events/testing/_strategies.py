@@ -50,8 +50,8 @@ def topics(
         wildcards: generate subscription patterns rather than publish topics.
         max_tokens: the most tokens a topic has (1 to 128); tokens get
             shorter as this grows, so that a topic never exceeds 255 characters.
-        alphabet: the characters of literal tokens; never ``.`` or whitespace.
-            A token that is exactly ``*`` or ``>`` is never a literal one.
+        alphabet: the characters of literal tokens; never ``.``, ``*``, ``>``,
+            whitespace or an ASCII control character.
 
     Example::
 
@@ -65,13 +65,14 @@ def topics(
         raise ValueError(
             f"max_tokens must be an int from 1 to {(MAX_TOPIC_LENGTH + 1) // 2}, not {max_tokens!r}"
         )
-    if not alphabet or any(c == "." or c.isspace() for c in alphabet):
-        raise ValueError(f"alphabet must be non-empty, without '.' or whitespace: {alphabet!r}")
+    if not alphabet or any(c in ".*>\x7f" or c < " " or c.isspace() for c in alphabet):
+        raise ValueError(
+            "alphabet must be non-empty, without '.', '*', '>', whitespace or control "
+            f"characters: {alphabet!r}"
+        )
     # n tokens of at most `size` characters and n - 1 dots fit in 255 characters.
     size = min(_MAX_TOKEN_SIZE, (MAX_TOPIC_LENGTH + 1) // max_tokens - 1)
     token = st.text(alphabet, min_size=1, max_size=size)
-    if "*" in alphabet or ">" in alphabet:
-        token = token.filter(lambda t: t not in ("*", ">"))
     if not wildcards:
         return st.lists(token, min_size=1, max_size=max_tokens).map(".".join)
     tokens = st.lists(st.one_of(token, st.just("*")), min_size=1, max_size=max_tokens)
