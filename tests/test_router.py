@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import trio
 import trio.lowlevel
@@ -366,17 +364,3 @@ async def test_cancelling_an_outer_scope_still_drains(
     assert finished == [b"x"]
     assert provider.undelivered == []
     assert not provider.running
-
-
-async def test_a_failing_ack_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING)
-    async with open_memory_provider() as provider:
-        done = trio.Event()
-
-        @provider.router.handler("t")
-        async def handle(msg: Message) -> None:
-            done.set()
-
-        await provider.publisher.publish("t", Message(b"x"))
-        await done.wait()
-        assert provider.running

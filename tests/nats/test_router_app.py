@@ -93,3 +93,36 @@ async def test_the_same_app_runs_on_every_provider(opener: Opener) -> None:
             audited, poisoned = await order_app(provider, 8)
     assert audited == sorted(f"audited:order-{i}" for i in range(8) if i != 5)
     assert poisoned == ["order-5"]
+
+
+async def test_two_replicas_of_a_router_share_a_handlers_messages(nats_server: NatsServer) -> None:
+    """Two processes running the same app on JetStream: a handler's default
+    group is its name, so the replicas share its messages, each handled once."""
+    count = 60
+    config = NatsConfig(url=nats_server.url)
+    seen: list[bytes] = []
+    both_started = trio.Event()
+    done = trio.Event()
+
+    async def replica(*, task_status: trio.TaskStatus[None]) -> None:
+        async with open_nats_provider(config) as provider:
+
+            @provider.router.handler("replicas.work")
+            async def work(msg: Message) -> None:
+                await both_started.wait()  # neither replica can finish before the other runs
+                seen.append(msg.payload)
+                if len(seen) >= count:
+                    done.set()
+
+            task_status.started()
+            await done.wait()
+
+    with trio.fail_after(30):
+        async with open_nats_provider(config) as app:  # stored before any replica exists
+            for i in range(count):
+                await app.publisher.publish("replicas.work", Message(b"%d" % i))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(replica)
+            await nursery.start(replica)
+            both_started.set()
+    assert sorted(seen) == sorted(b"%d" % i for i in range(count))  # each once, none twice
