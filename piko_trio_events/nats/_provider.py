@@ -5,6 +5,15 @@ provider's nursery; :mod:`._bridge` batches every crossing. This module
 imports asyncio, nats-py and trio-asyncio only inside functions, so that
 importing :mod:`piko_trio_events.nats` loads none of them.
 
+The fast path (nats-py internals, feature-detected; ``PIKO_NATS_PUBLIC_PATH=1``
+turns it off) cuts the scheduling rounds a message costs under
+trio-asyncio, each a pass of trio's scheduler: outgoing commands are
+framed here and go into nats-py's outgoing buffer, or, after a quiet spell
+with nothing queued, straight to its socket (``_Connection.send``);
+incoming messages of the provider's own subscriptions are taken from
+nats-py's read loop as bytes (``_Connection._read_raw``), with no
+subscription task, ``Msg`` object or header parsing of nats-py's.
+
 Delivery guarantees:
 
 * core NATS (``jetstream.disabled=True``) is at-most-once. A ``nack()``
@@ -28,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import trio
 
@@ -73,8 +82,10 @@ logger = logging.getLogger("piko_trio_events.nats")
 
 #: Core publish calls between two schedule points (one outgoing batch).
 _YIELD_EVERY: Final = 256
-#: Encoded core publishes queued before ``publish`` waits for the pump.
+#: Encoded core publishes queued before ``publish`` waits for the pump...
 OUT_LIMIT: Final = 1024
+#: ... or as many bytes of them (large messages: see :mod:`._bridge`).
+OUT_BYTES: Final = 1 << 20
 #: Messages a subscription buffers (and, under JetStream, holds unsettled: its
 #: pull requests never ask for more than this room).
 _CAPACITY: Final = 256
@@ -88,6 +99,11 @@ _PENDING_BYTES: Final = 64 * 1024 * 1024
 #: JetStream pull requests: lifetime and idle heartbeat (seconds).
 _PULL_EXPIRES: Final = 10.0
 _PULL_HEARTBEAT: Final = 1.0
+#: Seconds since the last write straight from trio after which the next one
+#: may be one too (closer ones are queued and batched: see ``_Connection.send``).
+_QUIET: Final = 0.00005
+#: At most this many bytes are written straight from trio (see ``_Connection.send``).
+_WRITE_NOW_BYTES: Final = 256 * 1024
 #: How long a JetStream publish waits for the server's acks (seconds).
 _PUBLISH_ACK_TIMEOUT: Final = 5.0
 #: How long a confirmed ack waits for the server (seconds).
@@ -196,6 +212,27 @@ def _decode_command(command: bytes) -> tuple[str, str, dict[str, str] | None, by
     return words[1].decode(), reply, headers, body[header_size:]
 
 
+def _raw_metadata(headers: bytes | None) -> tuple[str, dict[str, str]]:
+    """The uuid and the user metadata of a raw header block (fast path).
+
+    The block this library writes for a message without metadata (the uuid
+    alone) is sliced, not parsed; any other goes through nats-py's parser.
+    """
+    if not headers:
+        return new_uuid(), {}
+    start = len(_UUID_LINE)
+    if headers.startswith(_UUID_LINE):
+        end = headers.find(b"\r\n", start)
+        if end == len(headers) - 4:
+            uuid = headers[start:end].strip().decode("utf-8", "replace")
+            return uuid or new_uuid(), {}
+    from nats.aio.client import Client
+
+    first = headers.find(b"\r\n")
+    parsed = Client._parse_header_lines(headers[first + 2 :]) if first >= 0 else {}
+    return _metadata_of(parsed)
+
+
 def _metadata_of(headers: dict[str, str] | None) -> tuple[str, dict[str, str]]:
     """The uuid and the user metadata of received headers (consumes ``headers``)."""
     if not headers:
@@ -220,6 +257,8 @@ class _Connection:
         self.jsm: JetStreamManager | None = None
         self.connected = False
         self.closed = False
+        self.fast = False  # the fast path's nats-py internals are there (and allowed)
+        self.last_direct = -math.inf  # when commands were last written straight from trio
         self.errors: list[str] = []  # causes seen during the first connect
         self.last_error = ""
         # Refusals: the server rejected the credentials, or a TLS certificate
@@ -427,7 +466,10 @@ class _Connection:
         self.errors.clear()
         self.nc = nc
         self.connected = True
-        write = self._write if _fast_path_available(nc) else self._write_public
+        self.fast = _fast_path_available(nc)
+        if self.fast:
+            self._read_raw(nc)
+        write = self._write if self.fast else self._write_public
         self.bridge.set_publisher(nc.publish, write, self._on_publish_error)
         if not config.jetstream.disabled:
             self.js = nc.jetstream(timeout=_API_TIMEOUT)
@@ -453,6 +495,82 @@ class _Connection:
         nc.stats["out_msgs"] += len(commands)
         nc.stats["out_bytes"] += size
         await nc._flush_pending(force_flush=nc._pending_data_size > nc._max_pending_size)
+
+    def _read_raw(self, nc: Client) -> None:
+        """Fast path: messages of the provider's own subscriptions (those made
+        with a :class:`_ReadLoopDispatch` that takes raw bytes) skip nats-py's
+        header parsing and ``Msg`` objects: its ``_process_msg`` is wrapped,
+        and hands every other message on unchanged."""
+        process: Any = nc._process_msg  # (it is given None for "no headers")
+        stats = nc.stats
+
+        async def process_msg(
+            sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            sub = nc._subs.get(sid)
+            if sub is not None:
+                dispatch: Any = sub._future
+                if type(dispatch) is _ReadLoopDispatch and dispatch.raw is not None:
+                    stats["in_msgs"] += 1
+                    stats["in_bytes"] += len(data)
+                    sub._received += 1
+                    try:
+                        dispatch.raw(subject, reply, data, headers)
+                    except Exception:
+                        logger.exception("handling a message from nats-py's read loop failed")
+                    return
+            await process(sid, subject, reply, data, headers)
+
+        cast(Any, nc)._process_msg = process_msg
+
+    def send(self, commands: list[bytes]) -> None:
+        """Send encoded commands in order with everything queued before (trio).
+
+        After a quiet spell (nothing written straight from here for
+        ``_QUIET`` seconds), and when nothing is queued ahead of them (the
+        bridge's pump is idle and nats-py's outgoing buffer is empty), they
+        go straight to the socket from here: no scheduling round of the
+        pump, nor of nats-py's flusher, which is what a caller waiting for
+        the server's reply (a JetStream publish, a confirmed ack) pays for
+        otherwise. Else they are queued on the bridge, which writes them in
+        order, together with whatever else comes before it runs: under load
+        one write carries many commands, not one system call each.
+        """
+        now = trio.current_time()
+        if now - self.last_direct >= _QUIET and self._write_now(commands):
+            self.last_direct = now
+        else:
+            bridge = self.bridge
+            out = bridge._out
+            was_empty = not out
+            out.extend(commands)
+            if was_empty:
+                bridge._kick()
+
+    def _write_now(self, commands: list[bytes]) -> bool:
+        nc = self.nc
+        if not self.fast or nc is None or nc._pending or not nc.is_connected:
+            return False
+        if not self.bridge.idle:
+            return False
+        writer = getattr(nc._transport, "_io_writer", None)
+        if writer is None:  # not a stream transport (websocket): the flusher writes
+            return False
+        transport = writer.transport
+        # A socket that did not take everything yet: the flusher applies backpressure.
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        size = 0
+        for command in commands:
+            size += len(command)
+        if size > _WRITE_NOW_BYTES:
+            return False
+        data = commands[0] if len(commands) == 1 else b"".join(commands)
+        transport.write(data)
+        stats = nc.stats
+        stats["out_msgs"] += len(commands)
+        stats["out_bytes"] += size
+        return True
 
     async def _write_public(self, commands: list[bytes]) -> None:
         """The fallback of :meth:`_write` through nats-py's public ``publish``
@@ -623,6 +741,40 @@ class _Waiter:
             await self._done.wait()
 
 
+class _ReadLoopDispatch:
+    """Takes the place of the future of a subscription (nats-py's old-style
+    request): nats-py's read loop calls ``set_result`` with every message of
+    that subscription, and this calls ``callback`` at once (fast path only).
+    With ``raw``, the connection's read path (see ``_Connection._read_raw``)
+    hands it the message's bytes instead, before nats-py parses its headers.
+
+    An error of either is logged, never raised: it would end the read loop.
+    """
+
+    __slots__ = ("_callback", "raw")
+
+    def __init__(
+        self,
+        callback: Callable[[Msg], None],
+        raw: Callable[[bytes, bytes, bytes, bytes | None], None] | None = None,
+    ) -> None:
+        self._callback = callback
+        #: ``raw(subject, reply, payload, headers)``, bytes as read.
+        self.raw = raw
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        try:
+            self._callback(msg)
+        except Exception:
+            logger.exception("handling a message from nats-py's read loop failed")
+
+
 class _Replies:
     """One inbox subscription collecting the replies of JetStream publishes and
     confirmed acks, counted per batch: no asyncio future per message (each
@@ -635,15 +787,24 @@ class _Replies:
         self._next = 0
 
     async def start(self) -> None:
-        nc = self._conn.nc
+        conn = self._conn
+        nc = conn.nc
         assert nc is not None
         self._prefix = nc.new_inbox() + "."
-        await self._conn.bridge.call(
+        if conn.fast:
+            # nats-py hands a message for a subscription made with a future to
+            # ``future.set_result`` inside its read loop; this stand-in takes
+            # each reply there, sparing the subscription task's scheduling round.
+            dispatch = _ReadLoopDispatch(self._on_reply_now, self._on_reply_raw)
+            callback, future = None, cast(Any, dispatch)
+        else:
+            callback, future = self._on_reply, None
+        await conn.bridge.call(
             nc.subscribe,
             self._prefix + ">",
             "",
-            self._on_reply,
-            None,
+            callback,
+            future,
             0,
             _PENDING_MSGS,
             _PENDING_BYTES,
@@ -661,17 +822,29 @@ class _Replies:
         self._waiters.pop(key, None)
 
     async def _on_reply(self, msg: Msg) -> None:
-        key, _, index = msg.subject[len(self._prefix) :].partition(".")
+        self._on_reply_now(msg)
+
+    def _on_reply_now(self, msg: Msg) -> None:
+        headers = msg.headers
+        self._answer(msg.subject, msg.data, headers.get("Status") if headers else None)
+
+    def _on_reply_raw(
+        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        # An inline status: "NATS/1.0 503\r\n..." (a space after the version).
+        status = headers[9:12].decode() if headers and headers[8:9] == b" " else None
+        self._answer(subject.decode(), data, status)
+
+    def _answer(self, subject: str, data: bytes, status: str | None) -> None:
+        key, _, index = subject[len(self._prefix) :].partition(".")
         waiter = self._waiters.get(key)
         if waiter is None or not index.isdigit():
             return
-        headers = msg.headers
-        if headers and headers.get("Status") == "503":
+        if status == "503":
             waiter._answer(
                 int(index), "no response from stream (no stream holds the subject)", True
             )
         else:
-            data = msg.data
             if b'"error"' in data:
                 try:
                     description = json.loads(data)["error"].get("description", "error")
@@ -723,6 +896,7 @@ class NatsPublisher:
         limit = self._max_payload
         # Check and encode every message before queueing any: all or nothing.
         encoded = []
+        size = 0
         for msg in messages:
             if type(msg) is not Message:
                 _check_message(msg)
@@ -733,16 +907,28 @@ class NatsPublisher:
                     f"payload of {len(msg.payload)} bytes exceeds the server's limit of "
                     f"{limit} bytes"
                 )
-            encoded.append(_encode(prefix, msg, track))
+            command = _encode(prefix, msg, track)
+            size += len(command)
+            encoded.append(command)
         bridge = self._bridge
         out = bridge._out
         if encoded:
-            was_empty = not out
-            out.extend(encoded)
-            if was_empty:
-                bridge._kick()
             self._published[topic] += len(encoded)
-        if len(out) >= OUT_LIMIT:
+            # A publish after a quiet spell goes straight to the socket (no
+            # scheduling round of the pump nor of nats-py's flusher: latency);
+            # those that follow it closely are queued, and written together.
+            # (``_Connection.send``, inlined: this is the hot path.)
+            conn = self._conn
+            now = trio.current_time()
+            if now - conn.last_direct < _QUIET or not conn._write_now(encoded):
+                was_empty = not out
+                out.extend(encoded)
+                if was_empty:
+                    bridge._kick()
+                bridge.queued_bytes += size
+            else:
+                conn.last_direct = now
+        if len(out) >= OUT_LIMIT or bridge.queued_bytes >= OUT_BYTES:
             await bridge.wait_space()
         else:
             self._calls += 1
@@ -780,11 +966,7 @@ class NatsPublisher:
             if msg.metadata:
                 validate_metadata(msg.metadata)
             encoded.append(_encode(subject + waiter.reply(i) + b" ", msg, track))
-        out = self._bridge._out
-        was_empty = not out
-        out.extend(encoded)
-        if was_empty:
-            self._bridge._kick()
+        conn.send(encoded)
         # Finish or fail the batch in flight, even if cancelled meanwhile.
         await waiter.wait(min(_PUBLISH_ACK_TIMEOUT, conn.config.close_timeout + 1.0))
         if waiter.remaining:
@@ -877,6 +1059,7 @@ class NatsSubscription(trio.abc.ReceiveChannel[Message]):
 
     async def receive(self) -> Message:
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             if self._state != _OPEN:
                 if self._state == _ENDED:
@@ -886,9 +1069,11 @@ class NatsSubscription(trio.abc.ReceiveChannel[Message]):
                 raw = self._inbox.get_nowait()
             except trio.WouldBlock:
                 await self._inbox.wait()
+                waited = True
                 continue
             msg = self._convert(raw)
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:  # (a wait was a schedule point already: no second round)
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return msg
 
     async def aclose(self) -> None:
@@ -916,6 +1101,12 @@ class _CoreSubscription(NatsSubscription):
     The SUB is queued when ``subscribe()`` is called, ahead of any publish
     made after it, so the subscription sees every message published after
     the call (as the router expects).
+
+    On the fast path nats-py's read loop hands each message straight to
+    :meth:`_take` (no subscription task in between). The buffer then holds
+    ``_CORE_BUFFER`` messages plus what nats-py's pending limits would have
+    held (``_PENDING_MSGS`` / ``_PENDING_BYTES``); past that a message is
+    dropped and counted, as nats-py counts a slow consumer.
     """
 
     def __init__(self, conn: _Connection, pattern: str, group: str | None) -> None:
@@ -923,21 +1114,52 @@ class _CoreSubscription(NatsSubscription):
         nc = conn.nc
         assert nc is not None
         queue = "" if group is None else queue_group(conn.config.queue_group_prefix, group)
+        self._overflow_bytes = 0  # payload bytes buffered past _CORE_BUFFER
+        if conn.fast:
+            callback, future = None, cast(Any, _ReadLoopDispatch(self._take, self._take_raw))
+        else:
+            callback, future = self._inbox.put, None
         self._subscribing: Job[NatsSub] = self._bridge.submit_inline(
             nc.subscribe,
             self.pattern,
             queue,
-            self._inbox.put,
-            None,
+            callback,
+            future,
             0,
             _PENDING_MSGS,
             _PENDING_BYTES,
         )
-        self._first: dict[str, Delivery] = {}  # first deliveries share one Delivery
+        # First deliveries share one Delivery per subject (str, or bytes as read).
+        self._first: dict[str | bytes, Delivery] = {}
         self._handed: dict[int, Message] = {}  # delivered, not yet acked or nacked
 
     async def _start(self) -> None:
         self._sub = await self._subscribing.wait()
+
+    def _take_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """A message as read, from the connection's read path (fast path)."""
+        self._take((subject, data, headers))
+
+    def _take(self, raw: Any) -> None:
+        """A message from nats-py's read loop (fast path; asyncio side, never
+        waits): a nats-py ``Msg``, or ``(subject, payload, headers)`` as read."""
+        inbox = self._inbox
+        if len(inbox) < _CORE_BUFFER:
+            if self._overflow_bytes:
+                self._overflow_bytes = 0
+            inbox.put_nowait(raw)
+            return
+        size = len(raw[1] if type(raw) is tuple else raw.data)
+        if (
+            len(inbox) >= _CORE_BUFFER + _PENDING_MSGS
+            or self._overflow_bytes + size > _PENDING_BYTES
+        ):
+            conn = self._conn
+            conn.dropped += 1
+            conn._event("slow_consumer")
+            return
+        self._overflow_bytes += size
+        inbox.put_nowait(raw)
 
     def _convert(self, raw: Any) -> Message:
         if type(raw) is Message:
@@ -945,20 +1167,26 @@ class _CoreSubscription(NatsSubscription):
             self._redelivered[self.pattern] += 1
             self._handed[id(raw)] = raw
             return raw
-        headers = raw.headers
-        if headers is not None and len(headers) == 1 and UUID_HEADER in headers:
-            uuid = headers[UUID_HEADER]
-            metadata: dict[str, str] = {}
-        else:
-            uuid, metadata = _metadata_of(headers)
-        subject = raw.subject
+        subject: str | bytes
+        if type(raw) is tuple:  # as read (the fast path)
+            subject, data, raw_headers = raw
+            uuid, metadata = _raw_metadata(raw_headers)
+        else:  # a nats-py Msg
+            headers = raw.headers
+            if headers is not None and len(headers) == 1 and UUID_HEADER in headers:
+                uuid = headers[UUID_HEADER]
+                metadata = {}
+            else:
+                uuid, metadata = _metadata_of(headers)
+            subject, data = raw.subject, raw.data
         delivery = self._first.get(subject)
         if delivery is None:
             if len(self._first) >= 1024:
                 self._first.clear()
-            delivery = self._first[subject] = Delivery(subject)
+            topic = subject.decode() if type(subject) is bytes else subject
+            delivery = self._first[subject] = Delivery(cast(str, topic))
         self._received[self.pattern] += 1
-        msg = Message._received(uuid, raw.data, metadata, delivery, self)
+        msg = Message._received(uuid, data, metadata, delivery, self)
         self._handed[id(msg)] = msg
         return msg
 
@@ -1348,7 +1576,7 @@ class _JetStreamSubscription(NatsSubscription):
         replies = self._conn.replies
         waiter = replies.expect(1)
         self._acking.add(waiter)
-        self._bridge.push(b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0)))
+        self._conn.send([b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0))])
         try:
             await waiter.wait(_ACK_TIMEOUT)
         finally:
@@ -1667,7 +1895,7 @@ async def _open(config: NatsConfig) -> AsyncIterator[NatsProvider]:
     metrics = provider_metrics("nats")
     started = time.perf_counter()
     async with trio_asyncio.open_loop() as loop:
-        bridge = Bridge(loop, OUT_LIMIT)
+        bridge = Bridge(loop, OUT_LIMIT, OUT_BYTES)
         conn = _Connection(config, bridge, metrics)
         service_scope = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:

@@ -1,16 +1,22 @@
-"""The trio <-> asyncio bridge on its own (no server needed)."""
+"""The trio <-> asyncio bridge: on its own (no server needed), then as the
+NATS provider uses it (a real server)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
 import trio_asyncio
 
-from piko_trio_events import ProviderClosedError
+from piko_trio_events import JetStreamConfig, Message, NatsConfig, ProviderClosedError
+from piko_trio_events.nats import _provider, open_nats_provider
 from piko_trio_events.nats._bridge import Bridge, Inbox
+from piko_trio_events.testing._server import NatsServer
+
+from .helpers import eventually
 
 
 async def test_jobs_run_in_order_and_cancel_their_asyncio_task() -> None:
@@ -129,10 +135,232 @@ async def test_a_job_cut_off_by_closing_raises_provider_closed() -> None:
 
 
 def test_the_nats_py_internals_of_the_fast_path_exist() -> None:
-    """The core publish fast path writes into nats-py's outgoing buffer."""
+    """The core publish fast path writes into nats-py's outgoing buffer (or its
+    transport's stream writer); the read path wraps ``_process_msg`` and finds
+    its subscriptions' dispatchers as their ``_future``."""
+    import inspect
+
     from nats.aio.client import Client
+    from nats.aio.subscription import Subscription
+    from nats.aio.transport import TcpTransport
+    from nats.protocol.parser import Parser
 
     nc = Client()
-    for name in ("_pending", "_pending_data_size", "_max_pending_size", "stats"):
+    for name in ("_pending", "_pending_data_size", "_max_pending_size", "stats", "_subs"):
         assert hasattr(nc, name), name
     assert callable(Client._flush_pending)
+    assert "_io_writer" in vars(TcpTransport())  # type: ignore[no-untyped-call]
+    assert list(inspect.signature(Client._process_msg).parameters) == [
+        "self",
+        "sid",
+        "subject",
+        "reply",
+        "data",
+        "headers",
+    ]
+    assert "self.nc._process_msg(" in inspect.getsource(Parser.parse)
+    assert "sub._future.set_result(msg)" in inspect.getsource(Client._process_msg)
+    sub = Subscription(nc, 1, "s", future=cast(Any, object()))
+    assert sub._received == 0
+    assert callable(Client._parse_header_lines)
+
+
+async def test_the_byte_bound_keeps_batches_of_large_commands_small() -> None:
+    """Large messages fill the queue by bytes long before its item limit: the
+    producer waits every ``byte_limit`` bytes, so no batch grows past it."""
+    with trio.fail_after(10):
+        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as nursery:
+            bridge = Bridge(loop, limit=1000, byte_limit=100)
+            batches: list[int] = []
+
+            async def write(commands: list[bytes]) -> None:
+                batches.append(sum(len(c) for c in commands))
+
+            async def publish(*args: object) -> None:  # pragma: no cover - unused
+                pass
+
+            bridge.set_publisher(publish, write)
+            await nursery.start(bridge.serve)
+            for _ in range(20):
+                bridge.push(b"x" * 40)
+                bridge.queued_bytes += 40  # as the core publisher counts them
+                if bridge.full:
+                    await bridge.wait_space()
+            await bridge.wait_space()
+            assert sum(batches) == 20 * 40
+            assert max(batches) <= 120  # at most the limit plus the command crossing it
+            assert bridge.queued_bytes == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_idle_means_the_pump_waits_holding_nothing() -> None:
+    """Commands may skip the queue only while nothing queued could be overtaken."""
+    with trio.fail_after(10):
+        async with trio_asyncio.open_loop() as loop, trio.open_nursery() as nursery:
+            bridge = Bridge(loop)
+            written: list[bytes] = []
+
+            async def write(commands: list[bytes]) -> None:
+                written.extend(commands)
+
+            bridge.set_publisher(write, write)
+            assert not bridge.idle  # no pump yet: nothing would write what is queued
+            await nursery.start(bridge.serve)
+            await trio.testing.wait_all_tasks_blocked()
+            assert bridge.idle
+            bridge.push(b"a")
+            assert not bridge.idle  # queued and not written yet
+            await bridge.wait_space()
+            assert written == [b"a"]
+            assert bridge.idle
+            nursery.cancel_scope.cancel()
+
+
+# -- the NATS provider's use of the bridge (real server) ------------------------------
+
+
+def _core_provider(server: NatsServer) -> NatsConfig:
+    return NatsConfig(url=server.url, jetstream=JetStreamConfig(disabled=True))
+
+
+async def test_large_core_messages_go_out_in_bounded_batches(nats_server: NatsServer) -> None:
+    """64 KiB messages published back to back reach the connection in batches
+    of about ``OUT_BYTES``, not ``OUT_LIMIT`` messages (64 MiB) at once."""
+    size, count = 64 * 1024, 64
+    with trio.fail_after(30):
+        async with open_nats_provider(_core_provider(nats_server)) as provider:
+            bridge = provider._conn.bridge
+            write = bridge._write
+            assert write is not None
+            batches: list[int] = []
+
+            async def recording(commands: list[bytes]) -> None:
+                batches.append(sum(len(c) for c in commands))
+                await write(commands)
+
+            bridge._write = recording
+            async with provider.subscriber.subscribe("large") as channel:
+                payload = b"p" * size
+                for _ in range(count):
+                    await provider.publisher.publish("large", Message(payload))
+                for _ in range(count):
+                    assert (await channel.receive()).payload == payload
+            assert batches
+            assert max(batches) <= _provider.OUT_BYTES + size + 1024
+
+
+async def test_a_direct_write_never_overtakes_what_is_queued(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command written straight from trio (``_Connection.send``) goes after
+    whatever the bridge or nats-py's outgoing buffer still holds."""
+    monkeypatch.setattr(_provider, "_QUIET", -1.0)  # every send tries the direct write
+    with trio.fail_after(10):
+        async with open_nats_provider(_core_provider(nats_server)) as provider:
+            conn = provider._conn
+            nc = conn.nc
+            if not conn.fast or nc is None:
+                pytest.skip("the public path never writes straight from trio")
+            async with provider.subscriber.subscribe("order") as channel:
+                await provider.publisher.flush()
+                await trio.testing.wait_all_tasks_blocked()
+                # Queued on the bridge; its pump cannot run before the next schedule point.
+                conn.bridge.push(b"PUB order 1\r\na\r\n")
+                conn.send([b"PUB order 1\r\nb\r\n"])
+                await trio.testing.wait_all_tasks_blocked()
+                # In nats-py's outgoing buffer; its flusher not kicked.
+                nc._pending.append(b"PUB order 1\r\nc\r\n")
+                nc._pending_data_size += 16
+                conn.send([b"PUB order 1\r\nd\r\n"])
+                got = [(await channel.receive()).payload for _ in range(4)]
+                assert got == [b"a", b"b", b"c", b"d"]
+
+
+@pytest.mark.parametrize(
+    ("pending_msgs", "pending_bytes", "held"),
+    [(4, 1 << 20, 8 + 4), (1000, 100, 8 + 2)],
+    ids=["by-count", "by-bytes"],
+)
+async def test_a_core_subscription_past_its_buffers_drops_and_counts(
+    nats_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+    pending_msgs: int,
+    pending_bytes: int,
+    held: int,
+) -> None:
+    """Messages taken straight from nats-py's read loop are held up to the
+    subscription's buffer plus nats-py's pending limits; the rest is dropped
+    and counted in ``provider.dropped`` (a slow consumer), never blocking."""
+    monkeypatch.setattr(_provider, "_CORE_BUFFER", 8)
+    monkeypatch.setattr(_provider, "_PENDING_MSGS", pending_msgs)
+    monkeypatch.setattr(_provider, "_PENDING_BYTES", pending_bytes)
+    total = 30
+    with trio.fail_after(20):
+        async with open_nats_provider(_core_provider(nats_server)) as provider:
+            if not provider._conn.fast:
+                pytest.skip("the public path buffers in nats-py's subscription queue")
+            async with provider.subscriber.subscribe("overflow") as channel:
+                for i in range(total):
+                    await provider.publisher.publish("overflow", Message(b"%039d" % i))
+                await provider.publisher.flush()
+                inbox = cast(Any, channel)._inbox
+                await eventually(lambda: len(inbox) + provider.dropped == total)
+                assert provider.dropped == total - held
+                got = [(await channel.receive()).payload for _ in range(held)]
+                assert got == [b"%039d" % i for i in range(held)]
+
+
+async def test_receive_is_one_checkpoint_whether_or_not_it_waits(nats_server: NatsServer) -> None:
+    """A message already buffered costs a checkpoint; one waited for, the wait itself."""
+    with trio.fail_after(10):
+        async with (
+            open_nats_provider(_core_provider(nats_server)) as provider,
+            provider.subscriber.subscribe("cp") as channel,
+        ):
+            await provider.publisher.publish("cp", Message(b"1"))
+            await provider.publisher.flush()
+            inbox = cast(Any, channel)._inbox
+            await eventually(lambda: len(inbox) == 1)
+            with trio.testing.assert_checkpoints():
+                assert (await channel.receive()).payload == b"1"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(provider.publisher.publish, "cp", Message(b"2"))
+                with trio.testing.assert_checkpoints():
+                    assert (await channel.receive()).payload == b"2"
+
+
+def test_an_error_in_a_read_loop_callback_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Raised into nats-py's read loop, it would end the connection's reading."""
+
+    def broken(msg: Any) -> None:
+        raise RuntimeError("boom")
+
+    dispatch = _provider._ReadLoopDispatch(broken)
+    assert not dispatch.cancelled()
+    dispatch.set_result(cast(Any, object()))
+    assert "boom" in caplog.text
+
+
+async def test_sends_close_together_are_batched_not_written_one_by_one(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the first send after a quiet spell is written straight away; the
+    next ones wait for the bridge's pump, which writes them in one go."""
+    monkeypatch.setattr(_provider, "_QUIET", 60.0)  # "close together", however slow the machine
+    with trio.fail_after(10):
+        async with open_nats_provider(_core_provider(nats_server)) as provider:
+            conn = provider._conn
+            if not conn.fast:
+                pytest.skip("the public path never writes straight from trio")
+            async with provider.subscriber.subscribe("close") as channel:
+                await provider.publisher.flush()
+                await trio.testing.wait_all_tasks_blocked()
+                conn.send([b"PUB close 1\r\na\r\n"])
+                assert not conn.bridge._out  # written
+                conn.send([b"PUB close 1\r\nb\r\n"])
+                conn.send([b"PUB close 1\r\nc\r\n"])
+                assert len(conn.bridge._out) == 2  # queued for one write
+                got = [(await channel.receive()).payload for _ in range(3)]
+                assert got == [b"a", b"b", b"c"]
