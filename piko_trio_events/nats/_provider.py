@@ -53,7 +53,14 @@ from .._errors import (
     PublishError,
     StreamNotFoundError,
 )
-from .._message import _NACKED, UUID_HEADER, Delivery, Message, validate_metadata
+from .._message import (
+    _NACKED,
+    UUID_HEADER,
+    Delivery,
+    Message,
+    checked_payload,
+    validate_metadata,
+)
 from .._metrics import ProviderMetrics, provider_metrics
 from .._provider_base import ProviderBase
 from .._router import Router
@@ -149,13 +156,17 @@ _HEADER_KEY: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UUID_LINE: Final = b"NATS/1.0\r\n" + UUID_HEADER.encode() + b": "
 
 
-def _encode(prefix: bytes, msg: Message, track_id: bool | bytes) -> bytes:
+def _encode(prefix: bytes, msg: Message, track_id: bool | bytes, limit: int = 1024 * 1024) -> bytes:
     """The HPUB command for ``msg`` (``prefix`` is ``b"HPUB <subject> "``).
 
     The same bytes nats-py's ``publish(subject, payload, headers=...)``
     writes, built in one go: the uuid in ``_watermill_message_uuid``, the
     metadata as headers, and with ``track_id`` a ``Nats-Msg-Id``: the uuid,
     after ``track_id`` itself when it is bytes (a topic qualifier).
+
+    Raises ValueError when headers and payload together exceed ``limit`` (the
+    server's max_payload: it would close the connection, and nats-py the
+    client, for good), TypeError when the payload is not bytes-like.
     """
     uuid = msg.uuid.encode()
     metadata = msg.metadata
@@ -173,8 +184,16 @@ def _encode(prefix: bytes, msg: Message, track_id: bool | bytes) -> bytes:
     else:
         header = _UUID_LINE + uuid + b"\r\n\r\n"
     payload = msg.payload
+    if type(payload) is not bytes:  # replaced after construction
+        payload = msg.payload = checked_payload(payload)
     size = len(header)
-    return b"%b%d %d\r\n%b%b\r\n" % (prefix, size, size + len(payload), header, payload)
+    total = size + len(payload)
+    if total > limit:
+        raise ValueError(
+            f"message {msg.uuid!r} exceeds the server's limit of {limit} bytes (max_payload): "
+            f"{len(payload)} bytes of payload and {size} of headers"
+        )
+    return b"%b%d %d\r\n%b%b\r\n" % (prefix, size, total, header, payload)
 
 
 #: nats-py internals the fast publish path writes to (present in nats-py 2.16).
@@ -902,12 +921,7 @@ class NatsPublisher:
                 _check_message(msg)
             if msg.metadata:
                 validate_metadata(msg.metadata)
-            if len(msg.payload) > limit:
-                raise ValueError(
-                    f"payload of {len(msg.payload)} bytes exceeds the server's limit of "
-                    f"{limit} bytes"
-                )
-            command = _encode(prefix, msg, track)
+            command = _encode(prefix, msg, track, limit)
             size += len(command)
             encoded.append(command)
         bridge = self._bridge
@@ -941,6 +955,11 @@ class NatsPublisher:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         conn = self._conn
+        for msg in messages:  # refuse bad input before provisioning a stream for it
+            if type(msg) is not Message:
+                _check_message(msg)
+            if msg.metadata:
+                validate_metadata(msg.metadata)
         if conn.config.jetstream.auto_provision:
             try:
                 await conn.stream_for(topic)
@@ -958,14 +977,16 @@ class NatsPublisher:
         # a republish to the same topic once.
         track = topic.encode() + b":" if self._track_id else False
         subject = b"HPUB " + topic.encode() + b" "
+        limit = self._max_payload
         waiter = conn.replies.expect(len(messages))
-        encoded = []
-        for i, msg in enumerate(messages):
-            if type(msg) is not Message:
-                _check_message(msg)
-            if msg.metadata:
-                validate_metadata(msg.metadata)
-            encoded.append(_encode(subject + waiter.reply(i) + b" ", msg, track))
+        try:
+            encoded = [
+                _encode(subject + waiter.reply(i) + b" ", msg, track, limit)
+                for i, msg in enumerate(messages)
+            ]
+        except BaseException:
+            conn.replies.forget(waiter)  # nothing of the call was sent
+            raise
         conn.send(encoded)
         # Finish or fail the batch in flight, even if cancelled meanwhile.
         await waiter.wait(min(_PUBLISH_ACK_TIMEOUT, conn.config.close_timeout + 1.0))

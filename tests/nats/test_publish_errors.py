@@ -45,11 +45,6 @@ async def test_a_partly_refused_batch_reports_only_the_refused_messages(
             assert info.value.unconfirmed == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JetStream publish does not check the server's max_payload: the server drops the "
-    "connection and publish fails after the ack timeout (remove this mark with the fix)",
-)
 async def test_an_oversized_jetstream_payload_is_refused_at_once_and_the_provider_carries_on(
     nats_server: NatsServer,
 ) -> None:
