@@ -14,7 +14,14 @@ from ._message import Message
 if TYPE_CHECKING:
     from ._router import Router
 
-__all__ = ["Provider", "Publisher", "StartPosition", "Subscriber", "validate_start"]
+__all__ = [
+    "Provider",
+    "Publisher",
+    "StartPosition",
+    "Subscriber",
+    "validate_prefetch",
+    "validate_start",
+]
 
 #: Where a group begins: ``"all"``, ``"new"``, a stream sequence or a time.
 StartPosition: TypeAlias = Literal["all", "new"] | int | datetime | None
@@ -31,6 +38,15 @@ def validate_start(start: object) -> StartPosition:
     raise ConfigError(
         f"start must be 'all', 'new', a stream sequence >= 1 or a datetime, not {start!r}"
     )
+
+
+def validate_prefetch(prefetch: object) -> int | None:
+    """Return ``prefetch`` if it is None or an int >= 1, else raise ConfigError."""
+    if prefetch is None:
+        return None
+    if isinstance(prefetch, int) and not isinstance(prefetch, bool) and prefetch >= 1:
+        return prefetch
+    raise ConfigError(f"prefetch must be an int >= 1 or None, not {prefetch!r}")
 
 
 @runtime_checkable
@@ -56,13 +72,23 @@ class Subscriber(Protocol):
     """Opens subscriptions: async context managers yielding a trio ReceiveChannel."""
 
     def subscribe(
-        self, topic: str, group: str | None = None, start: StartPosition = None
+        self,
+        topic: str,
+        group: str | None = None,
+        start: StartPosition = None,
+        *,
+        prefetch: int | None = None,
     ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Message]]:
         """Subscribe to ``topic`` (a pattern: ``*`` and ``>`` allowed).
 
         Subscribers sharing a named ``group`` compete; different groups each
         get every message; ``group=None`` is private. Leaving the block
         unsubscribes and nacks every message delivered but not acked.
+
+        ``prefetch`` (an int >= 1, or None for the provider's default) bounds
+        how many messages the subscription takes ahead of its receivers and
+        holds unsettled, where the provider has such a bound (see each
+        provider); the router sets it from the handler's concurrency.
         """
         ...
 

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
 import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 
 from piko_trio_events import (
+    ConfigError,
     HandlerFunc,
     InvalidTopicError,
     MemoryConfig,
     Message,
     ProviderClosedError,
     RouterConfig,
+    StartPosition,
     current_handler_name,
     open_memory_provider,
 )
+from piko_trio_events._router import _prefetch_for
 from piko_trio_events._uuid import derived_uuid
+from piko_trio_events.testing import ChaosSchedule, open_chaos_provider
 
 
 async def test_output_is_published_before_the_input_is_acked() -> None:
@@ -364,3 +371,41 @@ async def test_cancelling_an_outer_scope_still_drains(
     assert finished == [b"x"]
     assert provider.undelivered == []
     assert not provider.running
+
+
+async def test_prefetch_is_checked_and_the_router_sets_it_from_concurrency(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with open_memory_provider() as provider:
+        for bad in (0, -3, 2.0, "4", True):
+            with pytest.raises(ConfigError, match="prefetch"):
+                provider.subscriber.subscribe("jobs", prefetch=bad)  # type: ignore[arg-type]
+        async with provider.subscriber.subscribe("jobs", prefetch=1):
+            pass
+
+        asked: list[int | None] = []
+        subscribe = provider.subscriber.subscribe
+
+        def recording(
+            topic: str,
+            group: str | None = None,
+            start: StartPosition = None,
+            *,
+            prefetch: int | None = None,
+        ) -> AbstractAsyncContextManager[Any]:
+            asked.append(prefetch)
+            return subscribe(topic, group, start, prefetch=prefetch)
+
+        monkeypatch.setattr(provider.subscriber, "subscribe", recording)
+        provider.router.add_handler("one", "jobs", _noop)
+        provider.router.add_handler("many", "jobs", _noop, concurrency=100)
+        assert asked == [_prefetch_for(1), _prefetch_for(100)]
+        assert _prefetch_for(100) >= 100
+
+    async with open_chaos_provider(ChaosSchedule()) as chaos:  # passed through, checked inside
+        with pytest.raises(ConfigError, match="prefetch"):
+            chaos.subscriber.subscribe("jobs", prefetch=0)
+
+
+async def _noop(msg: Message) -> None:
+    await trio.lowlevel.checkpoint()

@@ -26,7 +26,7 @@ from typing import Final, TypeAlias
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
-from .._abc import StartPosition, validate_start
+from .._abc import StartPosition, validate_prefetch, validate_start
 from .._config import MemoryConfig
 from .._errors import ConfigError, ProviderClosedError, PublishError
 from .._message import _NACKED, Delivery, Message, checked_payload, validate_metadata
@@ -521,7 +521,12 @@ class MemorySubscriber:
         self._broker = broker
 
     def subscribe(
-        self, topic: str, group: str | None = None, start: StartPosition = None
+        self,
+        topic: str,
+        group: str | None = None,
+        start: StartPosition = None,
+        *,
+        prefetch: int | None = None,
     ) -> _SubscriptionContext:
         """Subscribe to ``topic``; the subscription exists from this call.
 
@@ -531,11 +536,16 @@ class MemorySubscriber:
         has no member. With ``persistent``, a new group (or private
         subscription) first receives the earlier messages of its topic
         (``start="new"`` skips them; a sequence or a datetime starts there).
+
+        ``prefetch`` is checked and otherwise unused: a member takes a message
+        from its group's queue only when it receives, so it never holds more
+        than it has received and not settled.
         """
         validate_topic(topic, wildcards=True)
         if group is not None and (not isinstance(group, str) or not group):
             raise ConfigError(f"group must be a non-empty str or None, not {group!r}")
         start = validate_start(start)
+        validate_prefetch(prefetch)
         broker = self._broker
         if broker.closed:
             raise ProviderClosedError(f"cannot subscribe to {topic!r}: the provider is closed")

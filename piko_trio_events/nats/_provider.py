@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import trio
 
-from .._abc import StartPosition, validate_start
+from .._abc import StartPosition, validate_prefetch, validate_start
 from .._config import NatsConfig, redact_url
 from .._errors import (
     AckError,
@@ -93,8 +93,8 @@ _YIELD_EVERY: Final = 256
 OUT_LIMIT: Final = 1024
 #: ... or as many bytes of them (large messages: see :mod:`._bridge`).
 OUT_BYTES: Final = 1 << 20
-#: Messages a subscription buffers (and, under JetStream, holds unsettled: its
-#: pull requests never ask for more than this room).
+#: Messages a subscription buffers (and, under JetStream, by default holds
+#: unsettled: its pull requests never ask for more than its ``prefetch`` room).
 _CAPACITY: Final = 256
 #: Messages a core NATS subscription buffers before nats-py's queue takes the
 #: overflow (core NATS has no flow control: past both, the server's messages
@@ -1262,13 +1262,25 @@ class _CoreSubscription(NatsSubscription):
 
 
 class _JetStreamSubscription(NatsSubscription):
-    """JetStream: a pull consumer fed at the rate this subscription settles."""
+    """JetStream: a pull consumer fed at the rate this subscription settles.
+
+    It holds at most ``prefetch`` messages unsettled (buffered here or handed
+    out and not yet acked or nacked): its pull requests ask for the room left.
+    """
 
     def __init__(
-        self, conn: _Connection, pattern: str, group: str | None, start: StartPosition
+        self,
+        conn: _Connection,
+        pattern: str,
+        group: str | None,
+        start: StartPosition,
+        prefetch: int = _CAPACITY,
     ) -> None:
-        super().__init__(conn, pattern, group)
+        super().__init__(conn, pattern, group, max(prefetch, _CAPACITY))
         self._start_position = start
+        self._prefetch = prefetch
+        # Ask again once a quarter of the prefetch is free: few, large requests.
+        self._refill = max(1, prefetch // 4)
         self._stream = ""
         self._consumer = ""
         self._deliver = ""
@@ -1513,8 +1525,8 @@ class _JetStreamSubscription(NatsSubscription):
                     await trio.sleep(0.5)
                     continue
             subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}"
-            room = _CAPACITY - len(self._unsettled) - self._credits
-            if room >= max(1, _CAPACITY // 4) or (room > 0 and self._credits == 0):
+            room = self._prefetch - len(self._unsettled) - self._credits
+            if room >= self._refill or (room > 0 and self._credits == 0):
                 request = json.dumps(
                     {
                         "batch": room,
@@ -1579,8 +1591,8 @@ class _JetStreamSubscription(NatsSubscription):
         if entry is not None:
             reply = entry[1]
             self._unsettled.pop(reply, None)
-            room = _CAPACITY - len(self._unsettled) - self._credits
-            if room >= _CAPACITY // 4:
+            room = self._prefetch - len(self._unsettled) - self._credits
+            if room >= self._refill:
                 self._wake_puller()
         return reply
 
@@ -1676,7 +1688,12 @@ class NatsSubscriber:
         self._open: set[NatsSubscription] = set()
 
     def subscribe(
-        self, topic: str, group: str | None = None, start: StartPosition = None
+        self,
+        topic: str,
+        group: str | None = None,
+        start: StartPosition = None,
+        *,
+        prefetch: int | None = None,
     ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Message]]:
         """Subscribe to ``topic`` (``*`` and ``>`` allowed).
 
@@ -1686,11 +1703,18 @@ class NatsSubscriber:
         new messages. Under core NATS a named group is a queue group and
         ``start`` must be None or ``"new"``. Leaving the block unsubscribes
         and nacks every message delivered and not acked.
+
+        Under JetStream the subscription holds at most ``prefetch`` messages
+        unsettled (default 256), buffered or received and not yet acked or
+        nacked: the rest of a group's backlog stays on the server for its
+        other members. Core NATS has no flow control: there ``prefetch`` is
+        checked and unused.
         """
         validate_topic(topic, wildcards=True)
         if group is not None and (not isinstance(group, str) or not group):
             raise ConfigError(f"group must be a non-empty str or None, not {group!r}")
         start = validate_start(start)
+        prefetch = validate_prefetch(prefetch)
         conn = self._conn
         if self._closed:
             raise ProviderClosedError(f"cannot subscribe to {topic!r}: the provider is closed")
@@ -1705,7 +1729,9 @@ class NatsSubscriber:
                 raise InvalidTopicError(
                     f"topic {topic!r}: under JetStream the first token may not be a wildcard"
                 )
-            subscription = _JetStreamSubscription(conn, topic, group, start)
+            subscription = _JetStreamSubscription(
+                conn, topic, group, start, _CAPACITY if prefetch is None else prefetch
+            )
         return self._run(subscription)
 
     @asynccontextmanager

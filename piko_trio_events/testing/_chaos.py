@@ -434,10 +434,16 @@ class ChaosSubscriber:
         self._inner = inner
 
     def subscribe(
-        self, topic: str, group: str | None = None, start: StartPosition = None
+        self,
+        topic: str,
+        group: str | None = None,
+        start: StartPosition = None,
+        *,
+        prefetch: int | None = None,
     ) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[Message]]:
-        """Subscribe through the wrapped subscriber; see :class:`~piko_trio_events.Subscriber`."""
-        return self._open(self._inner.subscribe(topic, group=group, start=start))
+        """Subscribe through the wrapped subscriber (which checks ``prefetch``);
+        see :class:`~piko_trio_events.Subscriber`."""
+        return self._open(self._inner.subscribe(topic, group=group, start=start, prefetch=prefetch))
 
     @asynccontextmanager
     async def _open(
