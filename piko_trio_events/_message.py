@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
 
+from ._util import utf8_encodable
 from ._uuid import new_uuid
 
 __all__ = ["UUID_HEADER", "Delivery", "Message", "checked_payload", "validate_metadata"]
@@ -261,11 +262,8 @@ def _header_value_problem(value: str) -> str | None:
     if value and (value[0] in _EDGE_WHITESPACE or value[-1] in _EDGE_WHITESPACE):
         # NATS header values lose it on the way: refuse rather than alter.
         return "starts or ends with whitespace"
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return "has no UTF-8 form (a lone surrogate)"
+    if not value.isascii() and not utf8_encodable(value):
+        return "has no UTF-8 form (a lone surrogate)"
     return None
 
 

@@ -14,6 +14,7 @@ import re
 from functools import lru_cache
 
 from ._errors import InvalidTopicError
+from ._util import utf8_encodable
 
 __all__ = ["MAX_TOPIC_LENGTH", "is_wildcard", "topic_matches", "validate_topic"]
 
@@ -38,7 +39,7 @@ def _check(topic: str, wildcards: bool) -> None:
     if _CONTROL.search(topic):
         # JetStream consumers never deliver a subject holding DEL, for one
         raise InvalidTopicError(f"topic {topic!r} contains a control character")
-    if not topic.isascii() and not _encodable(topic):
+    if not topic.isascii() and not utf8_encodable(topic):
         raise InvalidTopicError(f"topic {topic!r} has no UTF-8 form (a lone surrogate)")
     tokens = topic.split(".")
     last = len(tokens) - 1
@@ -59,14 +60,6 @@ def _check(topic: str, wildcards: bool) -> None:
             raise InvalidTopicError(
                 f"topic {topic!r}: '*' and '>' are wildcards, allowed only as whole tokens"
             )
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def validate_topic(topic: str, *, wildcards: bool = False) -> str:

@@ -65,6 +65,7 @@ from .._metrics import ProviderMetrics, provider_metrics
 from .._provider_base import ProviderBase
 from .._router import Router
 from .._topics import validate_topic
+from .._util import error_leaves
 from .._uuid import new_uuid
 from ._names import consumer_name, queue_group, stream_name, topic_root
 
@@ -1820,12 +1821,6 @@ class NatsProvider(ProviderBase[NatsPublisher, NatsSubscriber]):
         )
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 #: nats-py connect() arguments the provider sets itself (from NatsConfig fields).
 _RESERVED_OPTIONS: Final = {
     "servers": "url",
@@ -1888,7 +1883,7 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     trio-asyncio's loop and the provider's nurseries wrap errors from the
     body in exception groups; a single error leaves the provider unwrapped.
     """
-    leaves = _leaves(group)
+    leaves = error_leaves(group)
     errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
     if len(errors) == 1:
         return errors[0]

@@ -275,6 +275,14 @@ async def _publish_with_retry(provider: Provider, topic: str, *messages: Message
                 raise
 
 
+async def _publish_simple(provider: Provider, topic: str, count: int) -> list[Message]:
+    """Publish ``count`` simple messages one by one (each with retries); return them."""
+    published = _simple(count)
+    for msg in published:
+        await _publish_with_retry(provider, topic, msg)
+    return published
+
+
 async def _publish_parallel(
     provider: Provider, topic: str, count: int, publishers: int
 ) -> list[Message]:
@@ -501,9 +509,7 @@ async def check_resend_on_error(
             make_provider() as provider,
             provider.subscriber.subscribe(topic) as channel,
         ):
-            published = _simple(count)
-            for msg in published:
-                await _publish_with_retry(provider, topic, msg)
+            published = await _publish_simple(provider, topic, count)
             nacked: list[Message] = []
             with trio.move_on_after(DEFAULT_TIMEOUT):
                 for _ in range(nacks):
@@ -637,9 +643,7 @@ async def check_concurrent_close(
             if group is not None:
                 # The group kept what was published while it had no member.
                 async with _instance(make_provider, features, shared) as publisher:
-                    published = _simple(count)
-                    for msg in published:
-                        await _publish_with_retry(publisher, topic, msg)
+                    published = await _publish_simple(publisher, topic, count)
                 async with (
                     _instance(make_provider, features, shared) as provider,
                     provider.subscriber.subscribe(topic, group) as channel,
@@ -649,9 +653,7 @@ async def check_concurrent_close(
                     )
             else:
                 async with shared.subscriber.subscribe(topic) as channel:
-                    published = _simple(count)
-                    for msg in published:
-                        await _publish_with_retry(shared, topic, msg)
+                    published = await _publish_simple(shared, topic, count)
                     got = await _bulk_read(
                         channel, count, DEFAULT_TIMEOUT * 3, deduplicate=deduplicate
                     )
@@ -688,9 +690,7 @@ async def check_continue_after_errors(
                 group = _group()
                 async with shared.subscriber.subscribe(topic, group):
                     pass  # the group exists from now on
-                published = _simple(count)
-                for msg in published:
-                    await _publish_with_retry(shared, topic, msg)
+                published = await _publish_simple(shared, topic, count)
                 for _ in range(subscribers):
                     async with (
                         _instance(make_provider, features, shared) as provider,
@@ -703,9 +703,7 @@ async def check_continue_after_errors(
                     )
             else:
                 async with shared.subscriber.subscribe(topic) as channel:
-                    published = _simple(count)
-                    for msg in published:
-                        await _publish_with_retry(shared, topic, msg)
+                    published = await _publish_simple(shared, topic, count)
                     for _ in range(subscribers):
                         await nack_many(channel)
                     got = await _bulk_read(
@@ -912,9 +910,7 @@ async def check_subscribe_ctx(
             if group is not None:
                 async with provider.subscriber.subscribe(topic, group):
                     pass  # the group exists from now on
-            published = _simple(count)
-            for msg in published:
-                await _publish_with_retry(provider, topic, msg)
+            published = await _publish_simple(provider, topic, count)
             with single_error():
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(subscribe_until_cancelled, provider)
@@ -1087,9 +1083,7 @@ async def check_consumer_groups(
                     provider.subscriber.subscribe(topic, group),
                 ):
                     pass
-            published = _simple(count)
-            for msg in published:
-                await _publish_with_retry(shared, topic, msg)
+            published = await _publish_simple(shared, topic, count)
             for group in groups:
                 async with (
                     _instance(make_provider, features, shared) as provider,
