@@ -57,6 +57,7 @@ from hypothesis import strategies as st
 
 from .._abc import Provider, Publisher, StartPosition, Subscriber
 from .._message import _NACKED, Message
+from .._provider_base import ProviderBase
 from .._router import Router
 from .._types import HandlerFunc, HandlerResult
 from .._util import single_error
@@ -472,8 +473,11 @@ class _CrashPoints(trio.abc.Instrument):
                 entry[0].cancel()
 
 
-class ChaosProvider:
+class ChaosProvider(ProviderBase[Publisher, ChaosSubscriber]):
     """What :func:`open_chaos_provider` yields: a Provider with faults.
+
+    Its publisher is the wrapped provider's (publishing is not disturbed); its
+    router runs on the chaos subscriber, so only its handlers can crash.
 
     Attributes:
         schedule: the faults of this run.
@@ -502,35 +506,17 @@ class ChaosProvider:
         self._crashes: dict[int, Fault] = {}
         self._subscriptions: set[ChaosSubscription] = set()
         self._crash_points = _CrashPoints()
-        self._running = False
-        self._subscriber = ChaosSubscriber(self, inner.subscriber)
+        subscriber = ChaosSubscriber(self, inner.subscriber)
         inner_router = inner.router
-        self._router = Router(
+        router = Router(
             inner.publisher,
-            self._subscriber,
+            subscriber,
             inner_router.config,
             default_concurrency=inner_router._default_concurrency,
         )
+        super().__init__(inner.publisher, subscriber, router)
         # Outermost, so that the crash comes after every middleware's effects.
-        self._router.add_middleware(self._crashing)
-
-    @property
-    def publisher(self) -> Publisher:
-        """The wrapped provider's publisher (publishing is not disturbed)."""
-        return self.inner.publisher
-
-    @property
-    def subscriber(self) -> ChaosSubscriber:
-        return self._subscriber
-
-    @property
-    def router(self) -> Router:
-        """A router on the chaos subscriber; only its handlers can crash."""
-        return self._router
-
-    @property
-    def running(self) -> bool:
-        return self._running
+        router.add_middleware(self._crashing)
 
     def __repr__(self) -> str:
         return f"<ChaosProvider {self.schedule!r} running={self._running} inner={self.inner!r}>"
