@@ -148,13 +148,52 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+class MidStream:
+    """A stream of ``n`` messages published in batches while a handler consumes
+    it, for a fault injected mid-stream: ``ready`` is set once a quarter is
+    handled and half is stored; the last quarter is published only after
+    ``resumed`` (so the fault always lands mid-stream)."""
+
+    def __init__(self, topic: str, n: int, batch: int) -> None:
+        self.topic, self.n, self.batch = topic, n, batch
+        self.confirmed: set[bytes] = set()  # stored: publish_until_stored returned
+        self.handled: set[bytes] = set()
+        self.ready = trio.Event()
+        self.resumed = trio.Event()
+        self._changed = trio.Event()
+
+    def _check(self) -> None:
+        if len(self.handled) >= self.n // 4 and len(self.confirmed) >= self.n // 2:
+            self.ready.set()
+
+    def handle(self, payload: bytes) -> None:
+        """Call from the handler, with each message's payload."""
+        self.handled.add(payload)
+        self._check()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def publish_all(self, provider: NatsProvider) -> None:
+        n, batch = self.n, self.batch
+        for start in range(0, n, batch):
+            if start >= 3 * n // 4:
+                await self.resumed.wait()
+            messages = [Message(b"%d" % i) for i in range(start, start + batch)]
+            await publish_until_stored(provider, self.topic, *messages)
+            self.confirmed.update(m.payload for m in messages)
+            self._check()
+
+    async def wait_all_handled(self) -> None:
+        while not self.confirmed <= self.handled:
+            await self._changed.wait()
+
+
 # -- 1. kill -9 mid-stream -----------------------------------------------------------------
 
 
 async def test_kill_9_mid_stream_and_restart_from_the_store_loses_no_confirmed_message(
     nats_server: NatsServer,
 ) -> None:
-    n, batch = 600, 20
     config = NatsConfig(
         url=nats_server.url,
         reconnect_wait=0.1,
@@ -162,11 +201,7 @@ async def test_kill_9_mid_stream_and_restart_from_the_store_loses_no_confirmed_m
         close_timeout=2.0,
         jetstream=JetStreamConfig(track_message_id=True),
     )
-    confirmed: set[bytes] = set()
-    handled: set[bytes] = set()
-    changed = trio.Event()
-    ready_to_kill = trio.Event()
-    restarted = trio.Event()
+    run = MidStream("kill.x", 600, 20)
     with trio.fail_after(45):
         async with open_nats_provider(config) as provider:
             # concurrency 1: after kill -9 the restarted server's consumer state may be
@@ -175,37 +210,19 @@ async def test_kill_9_mid_stream_and_restart_from_the_store_loses_no_confirmed_m
             # instead of waiting 5 s on each ack (tests/nats/test_recovery.py).
             @provider.router.handler("kill.x", group="killed", concurrency=1)
             async def consume(msg: Message) -> None:
-                nonlocal changed
-                handled.add(msg.payload)
-                if len(handled) >= n // 4 and len(confirmed) >= n // 2:
-                    ready_to_kill.set()
-                changed.set()
-                changed = trio.Event()
-
-            async def publish_all() -> None:
-                for start in range(0, n, batch):
-                    if start >= 3 * n // 4:
-                        # Keep publishing until the kill; the last quarter only after
-                        # it, so the kill always lands mid-stream.
-                        await restarted.wait()
-                    messages = [Message(b"%d" % i) for i in range(start, start + batch)]
-                    await publish_until_stored(provider, "kill.x", *messages)
-                    confirmed.update(m.payload for m in messages)
-                    if len(handled) >= n // 4 and len(confirmed) >= n // 2:
-                        ready_to_kill.set()
+                run.handle(msg.payload)
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(publish_all)
-                await ready_to_kill.wait()  # the handler consumes, the publisher publishes
+                nursery.start_soon(run.publish_all, provider)
+                await run.ready.wait()  # the handler consumes, the publisher publishes
                 await nats_server.kill()
-                killed_at = len(confirmed)
+                killed_at = len(run.confirmed)
                 await nats_server.start()
-                restarted.set()
-            assert n // 2 <= killed_at < n
-            assert len(confirmed) == n
-            while not confirmed <= handled:
-                await changed.wait()
-    assert handled == confirmed
+                run.resumed.set()
+            assert run.n // 2 <= killed_at < run.n
+            assert len(run.confirmed) == run.n
+            await run.wait_all_handled()
+    assert run.handled == run.confirmed
 
 
 # -- 2. connection cut while a handler runs --------------------------------------------------
@@ -409,12 +426,7 @@ async def stream_leader(provider: NatsProvider, stream: str) -> str:
 
 
 async def test_killing_the_stream_leader_of_a_3_node_cluster_loses_nothing() -> None:
-    n, batch = 600, 20
-    confirmed: set[bytes] = set()
-    handled: set[bytes] = set()
-    changed = trio.Event()
-    ready_to_kill = trio.Event()
-    killed = trio.Event()
+    run = MidStream("ha.x", 600, 20)
     with trio.fail_after(50):
         async with open_cluster() as servers:
             config = NatsConfig(
@@ -428,38 +440,22 @@ async def test_killing_the_stream_leader_of_a_3_node_cluster_loses_nothing() -> 
                 # The cluster elects its JetStream meta leader after it starts: the
                 # first publish (which creates the R3 stream) is retried until then.
                 await publish_until_stored(provider, "ha.x", Message(b"warm-up"))
-                confirmed.add(b"warm-up")
+                run.confirmed.add(b"warm-up")
                 leader = await stream_leader(provider, "PIKO_ha")
 
                 @provider.router.handler("ha.x", group="ha", concurrency=256)
                 async def consume(msg: Message) -> None:
-                    nonlocal changed
-                    handled.add(msg.payload)
-                    if len(handled) >= n // 4 and len(confirmed) >= n // 2:
-                        ready_to_kill.set()
-                    changed.set()
-                    changed = trio.Event()
-
-                async def publish_all() -> None:
-                    for start in range(0, n, batch):
-                        if start >= 3 * n // 4:
-                            await killed.wait()  # the kill always lands mid-stream
-                        messages = [Message(b"%d" % i) for i in range(start, start + batch)]
-                        await publish_until_stored(provider, "ha.x", *messages)
-                        confirmed.update(m.payload for m in messages)
-                        if len(handled) >= n // 4 and len(confirmed) >= n // 2:
-                            ready_to_kill.set()
+                    run.handle(msg.payload)
 
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(publish_all)
-                    await ready_to_kill.wait()
+                    nursery.start_soon(run.publish_all, provider)
+                    await run.ready.wait()
                     [victim] = [s for i, s in enumerate(servers) if f"n{i}" == leader]
                     await victim.kill()
-                    killed_at = len(confirmed)
-                    killed.set()
-                assert n // 2 <= killed_at < n + 1
-                assert len(confirmed) == n + 1
-                while not confirmed <= handled:
-                    await changed.wait()
+                    killed_at = len(run.confirmed)
+                    run.resumed.set()
+                assert run.n // 2 <= killed_at < run.n + 1
+                assert len(run.confirmed) == run.n + 1
+                await run.wait_all_handled()
                 assert await stream_leader(provider, "PIKO_ha") != leader
-    assert handled == confirmed
+    assert run.handled == run.confirmed
