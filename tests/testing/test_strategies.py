@@ -8,10 +8,9 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from piko_trio_events import MemoryConfig, Message, NatsConfig, open_memory_provider
-from piko_trio_events._message import UUID_HEADER, validate_metadata
+from piko_trio_events._message import _HEADER_KEY, UUID_HEADER, validate_metadata
 from piko_trio_events._topics import MAX_TOPIC_LENGTH, validate_topic
 from piko_trio_events.nats import open_nats_provider
-from piko_trio_events.nats._provider import _HEADER_KEY
 from piko_trio_events.testing._server import open_nats_server
 from piko_trio_events.testing._strategies import messages, metadata, topics
 
@@ -59,7 +58,7 @@ def test_topics_rejects_a_bad_alphabet(alphabet: str) -> None:
 def test_metadata_is_accepted_by_every_provider(meta: dict[str, str]) -> None:
     validate_metadata(meta)  # what the memory provider checks
     for key, value in meta.items():
-        assert _HEADER_KEY.fullmatch(key)  # what the NATS provider also requires
+        assert _HEADER_KEY.fullmatch(key)  # what every provider requires (validate_metadata)
         assert not key.lower().startswith("nats-")
         assert key != UUID_HEADER
         assert value == value.strip(" \t\x0b\x0c")  # what NATS clients would strip
