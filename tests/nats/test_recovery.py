@@ -64,3 +64,44 @@ async def test_recovery_at_concurrency_1_after_kill_9_does_not_wait_for_lost_ack
             # Before the fix the acks of those that were queued here each waited
             # the 5 s ack timeout, one after another: less than one means none did.
             assert elapsed < 4.0, elapsed
+
+
+async def test_messages_buffered_here_across_a_kill_9_are_all_handled(
+    nats_server: NatsServer,
+) -> None:
+    """The handler is held on its first message, so the rest wait in the
+    subscription's buffer when the server is killed: none of them may be lost
+    (they are nacked, not acked, and the server delivers them again)."""
+    n = 50
+    config = NatsConfig(
+        url=nats_server.url,
+        reconnect_wait=0.1,
+        ack_wait_timeout=1.0,
+        close_timeout=2.0,
+        jetstream=JetStreamConfig(track_message_id=True),
+    )
+    handled: set[bytes] = set()
+    changed = trio.Event()
+    entered = trio.Event()
+    release = trio.Event()
+    with trio.fail_after(30):
+        async with open_nats_provider(config) as provider:
+            stored = [Message(b"%d" % i) for i in range(n)]
+            await provider.publisher.publish("held.x", *stored)
+
+            @provider.router.handler("held.x", group="held", concurrency=1)
+            async def handle(msg: Message) -> None:
+                nonlocal changed
+                entered.set()
+                await release.wait()
+                handled.add(msg.payload)
+                changed.set()
+                changed = trio.Event()
+
+            await entered.wait()  # one in the handler, the others buffered here
+            await nats_server.kill()
+            await nats_server.start()
+            release.set()
+            while len(handled) < n:
+                await changed.wait()
+    assert handled == {m.payload for m in stored}
