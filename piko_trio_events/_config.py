@@ -52,7 +52,9 @@ class RouterConfig:
 
     Attributes:
         close_timeout: on close, how long in-flight handlers may run before
-            they are cancelled and their messages nacked.
+            they are cancelled and their messages nacked. Inside a provider
+            the handlers get at most this, and never more than the router's
+            share of the provider's one drain budget (see the lifecycle docs).
     """
 
     close_timeout: float = 30.0
@@ -180,9 +182,11 @@ class NatsConfig:
         queue_group_prefix: prefix of core NATS queue group names.
         subscribers_count: the router's default handler concurrency.
         ack_wait_timeout: JetStream's AckWait for the consumers created here.
-        close_timeout: bounds the whole drain when the provider closes.
+        close_timeout: the one budget of the whole drain when the provider
+            closes: router, subscriptions, publisher flush, connection and
+            the asyncio bridge all end within it.
         router: the router's settings (its ``close_timeout`` bounds in-flight
-            handlers inside the drain).
+            handlers inside the drain, within the router's share of it).
         reconnect_wait: seconds between reconnect attempts after a successful
             first connect.
         max_reconnect_attempts: -1 for forever.

@@ -392,27 +392,38 @@ class Router:
             self._closed = True
             self._done.set()
 
-    async def _close(self) -> None:
-        """Drain: stop intake, let in-flight handlers finish within
-        ``close_timeout``, then cancel them (their messages are nacked when
-        their subscriptions close). Returns once every handler task ended."""
+    async def _close(self, handlers_until: float | None = None) -> None:
+        """Drain: stop intake, let in-flight handlers finish until
+        ``handlers_until`` (trio time; by default ``close_timeout`` from now),
+        then cancel them (their messages are nacked when their subscriptions
+        close). Returns once every handler task ended.
+
+        The provider passes a deadline that fits its own drain budget (see
+        :mod:`piko_trio_events._lifecycle`); the caller bounds the wait for
+        cancelled handlers to unwind.
+        """
         if self._done.is_set() or not self._running:
             self._closed = True
             self._run_scope.cancel()
             return
+        if handlers_until is None:
+            handlers_until = trio.current_time() + self._config.close_timeout
         self._stopping = True
         for scope in list(self._intake_scopes):
             scope.cancel()
-        self._close_deadline = trio.current_time() + self._config.close_timeout
+        self._close_deadline = handlers_until
         for intake in self._intakes:
             if intake.waiting:
                 intake.scope.cancel()
         if self._active_consumers == 0:
             self._idle.set()
         # Handler tasks end on their own once intake stopped and in-flight work is done.
-        with trio.move_on_after(self._config.close_timeout):
-            await self._idle.wait()
-        self._run_scope.cancel()
+        try:
+            with trio.move_on_at(handlers_until):
+                await self._idle.wait()
+        finally:
+            # Even if the caller's deadline came first: handlers never outlive the drain.
+            self._run_scope.cancel()
         await self._done.wait()
 
     async def _consume(

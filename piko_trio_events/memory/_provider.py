@@ -29,6 +29,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 from .._abc import StartPosition, validate_prefetch, validate_start
 from .._config import MemoryConfig
 from .._errors import ConfigError, ProviderClosedError, PublishError
+from .._lifecycle import DrainStep, drain
 from .._message import _NACKED, Delivery, Message, checked_payload, validate_metadata
 from .._metrics import ProviderMetrics, provider_metrics
 from .._provider_base import ProviderBase
@@ -603,12 +604,21 @@ class MemoryProvider(ProviderBase[MemoryPublisher, MemorySubscriber]):
     def __repr__(self) -> str:
         return f"<MemoryProvider running={self._running} config={self.config!r}>"
 
-    async def _drain(self) -> None:
-        """router → subscriber → publisher → queues (see the module docs)."""
-        await self._router._close()
+    async def _drain(self) -> bool:
+        """router → subscriber → publisher → queues (see the module docs),
+        within the router's ``close_timeout``. True if every step completed."""
+        report = await drain(
+            self._router,
+            [DrainStep("subscriptions and queues", self._end)],
+            budget=self.config.router.close_timeout,
+        )
+        return report.ok
+
+    async def _end(self) -> None:
         self._subscriber._end_all()
         self._broker.publishing_closed = True
         self._broker.close()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 @asynccontextmanager
@@ -653,12 +663,9 @@ async def open_memory_provider(config: MemoryConfig | None = None) -> AsyncItera
             finally:
                 provider._running = False
                 closing = time.perf_counter()
-                # The drain is bounded by the router's close_timeout plus a margin
-                # for the rest, which takes no time in memory.
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + config.router.close_timeout + 1.0
-                    await provider._drain()
-                if scope.cancelled_caught:  # pragma: no cover - defensive
+                # One budget, the router's close_timeout: the steps after the
+                # router take no time in memory.
+                if not await provider._drain():
                     metrics.close_error_count.add(1)
                     broker.close()
                 router._run_scope.cancel()

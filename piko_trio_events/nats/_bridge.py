@@ -98,14 +98,16 @@ class Job(Generic[T]):
         if self._task is not None:
             self._task.cancel()
 
-    async def wait(self) -> T:
-        """Wait for the result (trio). If cancelled, cancel the job and wait for it."""
+    async def wait(self, grace: float = _CANCEL_GRACE) -> T:
+        """Wait for the result (trio). If cancelled, cancel the job and wait
+        for it, at most ``grace`` seconds (0: do not wait; the bridge's close
+        cancels and awaits whatever is left)."""
         try:
             await self._done.wait()
         except trio.Cancelled:
             self.cancel()
             # asyncio cancellation is cooperative: wait (boundedly) for it to land.
-            with trio.move_on_after(_CANCEL_GRACE) as scope:
+            with trio.move_on_after(grace) as scope:
                 scope.shield = True
                 await self._done.wait()
             raise
@@ -218,9 +220,15 @@ class Bridge:
         self.push(job)
         return job
 
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run the asyncio coroutine function ``fn(*args)`` and return its result."""
-        return await self.submit(fn, *args).wait()
+    async def call(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, grace: float = _CANCEL_GRACE
+    ) -> T:
+        """Run the asyncio coroutine function ``fn(*args)`` and return its result.
+
+        Cancelled, it cancels the asyncio task and waits up to ``grace``
+        seconds for the cancellation to land (see :meth:`Job.wait`).
+        """
+        return await self.submit(fn, *args).wait(grace)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pump until cancelled (trio; one crossing for its whole life)."""

@@ -52,6 +52,7 @@ from .._errors import (
     PublishError,
     StreamNotFoundError,
 )
+from .._lifecycle import DrainStep, drain, reserve
 from .._message import (
     _NACKED,
     UUID_HEADER,
@@ -274,6 +275,9 @@ class _Connection:
         self.jsm: JetStreamManager | None = None
         self.connected = False
         self.closed = False
+        # Set when the drain begins: work that uses the connection (a
+        # subscription's close, a publish or confirmed ack in flight) ends by then.
+        self.closing_by = math.inf
         self.fast = False  # the fast path's nats-py internals are there (and allowed)
         self.last_direct = -math.inf  # when commands were last written straight from trio
         self.errors: list[str] = []  # causes seen during the first connect
@@ -694,22 +698,24 @@ class _Connection:
         raise StreamNotFoundError(f"could not provision a stream for {topic!r}")  # pragma: no cover
 
     async def close(self) -> None:
-        """Drain and close the connection (trio; bounded by the caller)."""
+        """Close the connection (trio), bounded by the caller's deadline, or
+        by ``close_timeout`` without one.
+
+        Not nats-py's ``drain``: by now the drain has closed every
+        subscription of ours and flushed the publisher, and ``drain`` swallows
+        a cancellation, then waits on the server (a server that stopped
+        answering would hold it past the budget). ``close`` writes what is
+        still buffered and closes the socket.
+        """
         self.closed = True
         nc = self.nc
         if nc is None or nc.is_closed:
             return
         with trio.move_on_after(max(self.config.close_timeout, 0.1)):
             try:
-                await self.bridge.call(nc.drain)
+                await self.bridge.call(nc.close, grace=0.0)
             except Exception as exc:
-                logger.debug("NATS drain failed: %s", self.scrub(str(exc)))
-        if not nc.is_closed:
-            with trio.move_on_after(2.0):
-                try:
-                    await self.bridge.call(nc.close)
-                except Exception as exc:
-                    logger.debug("NATS close failed: %s", self.scrub(str(exc)))
+                logger.debug("NATS close failed: %s", self.scrub(str(exc)))
         self.connected = False
 
 
@@ -750,11 +756,12 @@ class _Waiter:
             self.reason = self.reason or reason
             self._done.set()
 
-    async def wait(self, limit: float) -> None:
-        """Wait for every reply, at most ``limit`` seconds, shielded from
-        cancellation (what is in flight finishes or fails first)."""
+    async def wait(self, limit: float, until: float = math.inf) -> None:
+        """Wait for every reply, at most ``limit`` seconds and not past
+        ``until`` (trio time), shielded from cancellation (what is in flight
+        finishes or fails first)."""
         with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + limit
+            scope.deadline = min(trio.current_time() + limit, until)
             await self._done.wait()
 
 
@@ -987,7 +994,9 @@ class NatsPublisher:
             raise
         conn.send(encoded)
         # Finish or fail the batch in flight, even if cancelled meanwhile.
-        await waiter.wait(min(_PUBLISH_ACK_TIMEOUT, conn.config.close_timeout + 1.0))
+        await waiter.wait(
+            min(_PUBLISH_ACK_TIMEOUT, conn.config.close_timeout + 1.0), conn.closing_by
+        )
         if waiter.remaining:
             conn.replies.forget(waiter)
         failed = waiter.unconfirmed
@@ -1015,6 +1024,14 @@ class NatsPublisher:
                 f"{conn.scrub(reason)}",
                 unconfirmed=failed,
             )
+
+    async def _close(self) -> None:
+        """The drain's publisher step: refuse new publishes, flush what was
+        published before, while the connection is up."""
+        self._closed = True
+        nc = self._conn.nc
+        if nc is not None and not nc.is_closed and self._conn.connected:
+            await self._bridge.call(nc.flush)
 
     async def flush(self) -> None:
         """Return once everything published before has reached the server."""
@@ -1609,7 +1626,7 @@ class _JetStreamSubscription(NatsSubscription):
         self._acking.add(waiter)
         self._conn.send([b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0))])
         try:
-            await waiter.wait(_ACK_TIMEOUT)
+            await waiter.wait(_ACK_TIMEOUT, self._conn.closing_by)
         finally:
             self._acking.discard(waiter)
         if waiter.unconfirmed:
@@ -1746,7 +1763,10 @@ class NatsSubscriber:
         finally:
             self._open.discard(subscription)
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + self._conn.config.close_timeout + 1
+                scope.deadline = min(
+                    trio.current_time() + self._conn.config.close_timeout + 1,
+                    self._conn.closing_by,
+                )
                 if subscription._state == _OPEN:
                     subscription._state = _CLOSED
                 await subscription._stop()
@@ -1889,6 +1909,30 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
+def _drain_steps(
+    config: NatsConfig,
+    conn: _Connection,
+    subscriber: NatsSubscriber,
+    publisher: NatsPublisher,
+    bridge: Bridge,
+) -> list[DrainStep]:
+    """The NATS provider's steps after the router, each with its reserve of
+    the one budget (``close_timeout``): subscriptions (unsubscribe, nack what
+    they hold) -> publisher (closed, flushed) -> connection (drained, closed)
+    -> the asyncio loop bridge."""
+    budget = config.close_timeout
+    steps = [
+        DrainStep("subscriptions", subscriber._close_all, reserve(budget, 0.05, 1.0)),
+        DrainStep("publisher", publisher._close, reserve(budget, 0.05, 1.0)),
+        DrainStep("connection", conn.close, reserve(budget, 0.05, 1.5)),
+        DrainStep("bridge", bridge.aclose, reserve(budget, 0.03, 0.5)),
+    ]
+    # What still uses the connection (a subscription's own close, a JetStream
+    # publish or confirmed ack in flight) gives up before the connection step.
+    conn.closing_by = trio.current_time() + budget - steps[2].reserve - steps[3].reserve
+    return steps
+
+
 @asynccontextmanager
 async def open_nats_provider(config: NatsConfig | None = None) -> AsyncIterator[NatsProvider]:
     """Connect to NATS and run a provider for the duration of the block.
@@ -1898,10 +1942,12 @@ async def open_nats_provider(config: NatsConfig | None = None) -> AsyncIterator[
     nursery owns the asyncio loop bridge, the reconnect watcher, the router
     and every subscription's workers. Leaving the block (normally, by an
     error, or because an enclosing scope was cancelled) drains in order,
-    shielded and bounded by ``close_timeout``: router (in-flight handlers
-    finish within ``router.close_timeout``) -> subscriptions (unacked
-    messages nacked) -> publisher (flushed) -> connection (drained, closed)
-    -> the asyncio loop.
+    shielded, all within the one budget ``close_timeout``: router (in-flight
+    handlers finish within ``router.close_timeout`` and the router's share of
+    the budget, then are cancelled) -> subscriptions (unacked messages
+    nacked) -> publisher (flushed) -> connection (closed) -> the asyncio
+    loop. Each step after the router keeps a reserve of the budget, so a
+    stuck handler cannot starve them (see :mod:`piko_trio_events._lifecycle`).
     """
     config = NatsConfig() if config is None else config
     if not isinstance(config, NatsConfig):
@@ -1961,7 +2007,8 @@ async def _open(config: NatsConfig) -> AsyncIterator[NatsProvider]:
                 await nursery.start(router._run)
             except BaseException:
                 metrics.start_error_count.add(1)
-                with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + config.close_timeout
                     await conn.close()
                     await bridge.aclose()
                 router._run_scope.cancel()
@@ -1975,27 +2022,16 @@ async def _open(config: NatsConfig) -> AsyncIterator[NatsProvider]:
             finally:
                 provider._running = False
                 closing = time.perf_counter()
-                failed = False
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + config.close_timeout
-                    try:
-                        await router._close()
-                        await subscriber._close_all()
-                        publisher._closed = True
-                        if conn.nc is not None and not conn.nc.is_closed and conn.connected:
-                            with trio.move_on_after(config.close_timeout):
-                                await bridge.call(conn.nc.flush)
-                    except Exception as exc:
-                        failed = True
-                        logger.warning("NATS provider drain step failed: %s", conn.scrub(str(exc)))
-                with trio.CancelScope(shield=True) as final:
-                    final.deadline = trio.current_time() + 5.0
-                    await conn.close()
-                    await bridge.aclose()
+                report = await drain(
+                    router,
+                    _drain_steps(config, conn, subscriber, publisher, bridge),
+                    budget=config.close_timeout,
+                    scrub=conn.scrub,
+                )
                 router._run_scope.cancel()
                 service_scope.cancel()
                 conn.events_send.close()
-                if failed or scope.cancelled_caught:
+                if not report.ok:
                     metrics.close_error_count.add(1)
                 metrics.close_count.add(1)
                 metrics.close_duration.record((time.perf_counter() - closing) * 1000)

@@ -56,6 +56,7 @@ import trio
 from hypothesis import strategies as st
 
 from .._abc import Provider, Publisher, StartPosition, Subscriber
+from .._lifecycle import DrainStep, drain
 from .._message import _NACKED, Message
 from .._provider_base import ProviderBase
 from .._router import Router
@@ -619,12 +620,18 @@ async def open_chaos_provider(
                         yield provider
                     finally:
                         provider._running = False
-                        with trio.CancelScope(shield=True) as scope:
-                            scope.deadline = trio.current_time() + router.config.close_timeout + 1
-                            await router._close()
-                            # Then, as the wrapped provider does, end what is still open.
+
+                        async def end_subscriptions() -> None:
+                            # As the wrapped provider does, end what is still open.
                             for subscription in list(provider._subscriptions):
                                 subscription._close(ended=True)
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+
+                        await drain(
+                            router,
+                            [DrainStep("subscriptions", end_subscriptions)],
+                            budget=router.config.close_timeout,
+                        )
                         router._run_scope.cancel()
         finally:
             trio.lowlevel.remove_instrument(provider._crash_points)
