@@ -46,6 +46,7 @@ from .._errors import (
     AckError,
     ConfigError,
     ConnectError,
+    InvalidMessageError,
     InvalidTopicError,
     PikoEventsError,
     ProviderClosedError,
@@ -164,7 +165,7 @@ def _encode(prefix: bytes, msg: Message, track_id: bool | bytes, limit: int = 10
     after ``track_id`` itself when it is bytes (a topic qualifier).
 
     The caller has checked the metadata (``validate_metadata``). Raises
-    ValueError when headers and payload together exceed ``limit`` (the
+    InvalidMessageError when headers and payload together exceed ``limit`` (the
     server's max_payload: it would close the connection, and nats-py the
     client, for good), TypeError when the payload is not bytes-like.
     """
@@ -187,7 +188,7 @@ def _encode(prefix: bytes, msg: Message, track_id: bool | bytes, limit: int = 10
     size = len(header)
     total = size + len(payload)
     if total > limit:
-        raise ValueError(
+        raise InvalidMessageError(
             f"message {msg.uuid!r} exceeds the server's limit of {limit} bytes (max_payload): "
             f"{len(payload)} bytes of payload and {size} of headers"
         )
