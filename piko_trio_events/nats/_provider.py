@@ -1428,6 +1428,10 @@ class _JetStreamSubscription(NatsSubscription):
                 problems.append(f"deliver_policy={getattr(have.deliver_policy, 'value', None)!r}")
             elif wanted.opt_start_seq is not None and have.opt_start_seq != wanted.opt_start_seq:
                 problems.append(f"opt_start_seq={have.opt_start_seq!r}")
+            elif wanted.opt_start_time is not None and have.opt_start_time != wanted.opt_start_time:
+                # nats-py parses the server's normalised RFC 3339 text into an aware
+                # datetime: this compares instants, whatever the zone asked for.
+                problems.append(f"opt_start_time={have.opt_start_time.isoformat()!r}")
         if problems:
             raise ConfigError(
                 f"group {self.group!r} of {self.pattern!r} exists (consumer {self._consumer!r}) "
