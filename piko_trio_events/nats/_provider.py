@@ -307,7 +307,7 @@ class _Connection:
     async def _error_cb(self, error: Exception) -> None:
         import ssl
 
-        from nats.errors import AuthorizationError, SlowConsumerError
+        from nats.errors import AuthorizationError, SlowConsumerError, UnexpectedEOF
 
         from .._errors import AuthError
 
@@ -371,7 +371,8 @@ class _Connection:
                 for server in self.nc._server_pool:
                     server.reconnects = max(server.reconnects, 2)
         self.last_error = text
-        self._event("error")
+        if not isinstance(error, UnexpectedEOF):  # the server closed the link: its
+            self._event("error")  # disconnect is counted (once) in watch()
 
     async def _disconnected_cb(self) -> None:
         self._event("disconnected")
@@ -618,6 +619,9 @@ class _Connection:
         async for event in self.events_receive:
             if event == "disconnected":
                 if self.connected and not self.closed:
+                    # One connection error per lost link, however it was lost (as
+                    # Piko's Go provider counts it); our own close is none.
+                    self.metrics.connection_errors.add(1)
                     logger.warning("NATS connection lost; reconnecting")
                 self.connected = False
             elif event == "reconnected":
