@@ -19,6 +19,7 @@ from ._errors import AckError as AckError
 from ._errors import AuthError as AuthError
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectError as ConnectError
+from ._errors import InvalidMessageError as InvalidMessageError
 from ._errors import InvalidTopicError as InvalidTopicError
 from ._errors import PikoEventsError as PikoEventsError
 from ._errors import ProviderClosedError as ProviderClosedError
@@ -45,6 +46,7 @@ __all__ = [
     "Handler",
     "HandlerFunc",
     "HandlerOutputError",
+    "InvalidMessageError",
     "InvalidTopicError",
     "JetStreamConfig",
     "MemoryConfig",

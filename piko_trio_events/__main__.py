@@ -466,7 +466,7 @@ def _run(command: str, args: argparse.Namespace, parser: argparse.ArgumentParser
         metadata = dict(args.metadata)
         try:
             validate_metadata(metadata)
-        except ValueError as exc:
+        except PikoEventsError as exc:
             parser.error(f"--metadata: {exc}")
         data = None if args.data is None else os.fsencode(args.data)
         config = _nats_config(args.nats, core=args.core, provision=args.provision)

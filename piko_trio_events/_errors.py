@@ -12,6 +12,7 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "ConnectError",
+    "InvalidMessageError",
     "InvalidTopicError",
     "PikoEventsError",
     "ProviderClosedError",
@@ -25,11 +26,27 @@ class PikoEventsError(Exception):
 
 
 class ConfigError(PikoEventsError, ValueError):
-    """A configuration value is invalid; the message names the field."""
+    """A configuration value is invalid; the message names the field.
+
+    A provider or router config, a handler's options (name, group,
+    concurrency, start), a subscription's group or start, a middleware's
+    arguments, or a testing helper's.
+    """
 
 
 class InvalidTopicError(PikoEventsError, ValueError):
     """A topic does not follow the NATS subject rules; the message names it."""
+
+
+class InvalidMessageError(PikoEventsError, ValueError):
+    """A message, or what was asked of it, cannot be carried as given.
+
+    A uuid or metadata that NATS headers cannot carry unchanged (an empty
+    uuid, a ``Nats-`` key, a line break in a value, ...), a message larger
+    than the server's ``max_payload``, or a nack delay that is not a finite
+    number of seconds >= 0. Raised at once, before anything of the call is
+    sent; the message names the field.
+    """
 
 
 class ProviderClosedError(PikoEventsError):

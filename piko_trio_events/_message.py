@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Protocol
 
+from ._errors import InvalidMessageError
 from ._util import utf8_encodable
 from ._uuid import new_uuid
 
@@ -175,7 +176,9 @@ class Message:
         if delay is not None and (
             not isinstance(delay, int | float) or not delay >= 0 or math.isinf(delay)
         ):
-            raise ValueError(f"nack delay must be a finite number of seconds >= 0, not {delay!r}")
+            raise InvalidMessageError(
+                f"nack delay must be a finite number of seconds >= 0, not {delay!r}"
+            )
         state = self._state
         if state == _NACKED:
             return True
@@ -233,7 +236,7 @@ def _checked_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
 
 
 def validate_metadata(metadata: Mapping[str, str]) -> None:
-    """Reject metadata that NATS headers cannot carry faithfully (ValueError).
+    """Reject metadata that NATS headers cannot carry faithfully (InvalidMessageError).
 
     Every provider calls this on publish, so that the memory provider accepts
     exactly what the NATS provider will.
@@ -242,17 +245,19 @@ def validate_metadata(metadata: Mapping[str, str]) -> None:
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata keys and values must be str: {key!r}: {value!r}")
         if not _HEADER_KEY.fullmatch(key):
-            raise ValueError(
+            raise InvalidMessageError(
                 f"metadata key {key!r} is not a valid header name (letters, digits and "
                 "!#$%&'*+-.^_`|~ only)"
             )
         if key.lower().startswith("nats-"):
-            raise ValueError(f"metadata key {key!r}: keys starting with 'Nats-' are reserved")
+            raise InvalidMessageError(
+                f"metadata key {key!r}: keys starting with 'Nats-' are reserved"
+            )
         if key == UUID_HEADER:
-            raise ValueError(f"metadata key {key!r} is reserved for the message uuid")
+            raise InvalidMessageError(f"metadata key {key!r} is reserved for the message uuid")
         problem = _header_value_problem(value)
         if problem is not None:
-            raise ValueError(f"metadata value of {key!r} {problem}")
+            raise InvalidMessageError(f"metadata value of {key!r} {problem}")
 
 
 def _header_value_problem(value: str) -> str | None:
@@ -270,7 +275,7 @@ def _header_value_problem(value: str) -> str | None:
 def _check_uuid(uuid: object) -> None:
     """A given uuid travels as a header value (and as ``Nats-Msg-Id``): the same rules."""
     if not isinstance(uuid, str) or not uuid:
-        raise ValueError(f"uuid must be a non-empty str, not {uuid!r}")
+        raise InvalidMessageError(f"uuid must be a non-empty str, not {uuid!r}")
     problem = _header_value_problem(uuid)
     if problem is not None:
-        raise ValueError(f"uuid {uuid!r} {problem}")
+        raise InvalidMessageError(f"uuid {uuid!r} {problem}")

@@ -18,7 +18,7 @@ import trio
 
 from ._abc import Publisher, StartPosition, Subscriber, validate_start
 from ._config import RouterConfig
-from ._errors import PikoEventsError, ProviderClosedError
+from ._errors import ConfigError, PikoEventsError, ProviderClosedError
 from ._message import Message
 from ._topics import validate_topic
 from ._types import HandlerFunc, HandlerResult, Middleware, _current_handler
@@ -265,7 +265,7 @@ class Router:
         """Register ``func`` to handle messages of ``topic``.
 
         Args:
-            name: unique handler name (a duplicate is a ValueError).
+            name: unique handler name (a duplicate is a ConfigError).
             topic: subscription pattern (``*`` and ``>`` allowed).
             func: the handler.
             publish_topic: where the messages ``func`` returns are published
@@ -281,21 +281,21 @@ class Router:
             The :class:`Handler`.
         """
         if not isinstance(name, str) or not name:
-            raise ValueError(f"handler name must be a non-empty str, not {name!r}")
+            raise ConfigError(f"handler name must be a non-empty str, not {name!r}")
         if name in self._handlers:
-            raise ValueError(f"a handler named {name!r} already exists")
+            raise ConfigError(f"a handler named {name!r} already exists")
         if not callable(func):
             raise TypeError(f"handler {name!r}: func must be callable, not {func!r}")
         validate_topic(topic, wildcards=True)
         if publish_topic is not None:
             validate_topic(publish_topic)
         if group is not None and (not isinstance(group, str) or not group):
-            raise ValueError(f"handler {name!r}: group must be a non-empty str or None")
+            raise ConfigError(f"handler {name!r}: group must be a non-empty str or None")
         start = validate_start(start)
         if concurrency is None:
             concurrency = self._default_concurrency
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"handler {name!r}: concurrency must be an int >= 1, not {concurrency!r}"
             )
         handler_mw = tuple(middleware)

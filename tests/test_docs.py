@@ -219,3 +219,70 @@ def test_docs_build_with_warnings_as_errors(tmp_path: Path) -> None:
     )
     _check(result, "sphinx-build -W")
     assert (tmp_path / "html" / "index.html").is_file()
+
+
+def _migrating_sections() -> dict[str, str]:
+    """The migration guide's text under each ``### `` heading (issue 12, item 5)."""
+    text = (DOCS / "migrating.md").read_text(encoding="utf-8")
+    parts = re.split(r"^### (.+)$", text, flags=re.M)
+    return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_the_migration_guide_states_what_the_code_does() -> None:
+    from piko_trio_events import NatsConfig
+    from piko_trio_events.nats._names import consumer_name, queue_group
+
+    text = (DOCS / "migrating.md").read_text(encoding="utf-8")
+    # Durable names hold the topic as well as the group; queue groups do not.
+    durable = consumer_name("piko", "audit", "orders.created")
+    assert f"`{durable}`" in text, f"the example durable name {durable} is not shown"
+    assert f"`{queue_group('piko', 'audit')}`" in text
+    assert "durable consumer names: prefix + group |" not in text
+    # Piko's default URL is nats.go's DefaultURL, which is ours too.
+    assert "localhost" not in text
+    assert f"`{NatsConfig().url}`" in text
+    # Piko's Go provider connects three times (its own, Watermill's publisher's
+    # and subscriber's); we connect once.
+    assert "two connections" not in text
+    assert "three connections" in text
+
+
+#: Each surprise of a migration: a heading of the guide's "Surprises" section,
+#: and words its text must hold (what happens and what to do about it).
+SURPRISES = {
+    "A subscription without a group is private": ["ephemeral", '`"new"`', "group="],
+    "`subscribers_count` applies to router handlers only": ["concurrency", "subscribe("],
+    "`queue_group_prefix` has no effect on JetStream": ["durable_prefix"],
+    "Go and Python replicas do not share groups": ["Nats-Msg-Id", "topic:uuid"],
+    "A stuck handler keeps its message": ["in progress", "timeout("],
+    "Changing `ack_wait_timeout` of an existing group is a `ConfigError`": [
+        "rolling",
+        "nats consumer edit",
+    ],
+    "No `Connection()`, and no connection callbacks": [
+        "provider.connected",
+        "error_cb",
+        "disconnected_cb",
+        "reconnected_cb",
+        "closed_cb",
+    ],
+}
+
+
+@pytest.mark.parametrize("title", list(SURPRISES))
+def test_the_migration_guide_lists_each_surprise_with_what_to_do(title: str) -> None:
+    sections = _migrating_sections()
+    assert title in sections, f"no section {title!r} in docs/migrating.md"
+    body = sections[title]
+    for words in SURPRISES[title]:
+        assert words in body, f"{title!r} does not mention {words!r}"
+    assert "What to do:" in body, f"{title!r} does not say what to do"
+
+
+def test_the_callbacks_the_guide_names_are_refused_by_the_provider() -> None:
+    from piko_trio_events.nats._provider import _RESERVED_OPTIONS
+
+    body = _migrating_sections()["No `Connection()`, and no connection callbacks"]
+    named = set(re.findall(r"`(\w+_cb)`", body))
+    assert named, "the section names no callback"
+    assert named <= set(_RESERVED_OPTIONS), named - set(_RESERVED_OPTIONS)

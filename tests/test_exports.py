@@ -1,14 +1,32 @@
-"""The public surface: every API.md name is exported once; nothing private leaks."""
+"""The public surface: every API.md name is exported once; nothing private leaks;
+every error the library raises for a bad value is a ``PikoEventsError``."""
 
 from __future__ import annotations
 
+import ast
 import importlib
+import math
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
+import trio
 
 import piko_trio_events
+from piko_trio_events import (
+    ConfigError,
+    InvalidMessageError,
+    JetStreamConfig,
+    MemoryConfig,
+    Message,
+    NatsConfig,
+    PikoEventsError,
+    open_memory_provider,
+    open_nats_provider,
+)
+from piko_trio_events.testing import NatsServer
 
 API_NAMES = {
     "Message",
@@ -37,6 +55,7 @@ API_NAMES = {
 }
 EXTRA_NAMES = {
     "AuthError",
+    "InvalidMessageError",
     "StartPosition",
     "cancel_on_signals",
     "current_handler_name",
@@ -73,7 +92,7 @@ def test_no_private_module_names_leak() -> None:
 
 
 def test_errors_form_one_hierarchy() -> None:
-    for name in ("ConfigError", "InvalidTopicError"):
+    for name in ("ConfigError", "InvalidTopicError", "InvalidMessageError"):
         cls = getattr(piko_trio_events, name)
         assert issubclass(cls, piko_trio_events.PikoEventsError)
         assert issubclass(cls, ValueError)
@@ -102,3 +121,127 @@ def test_importing_the_package_loads_no_asyncio_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+PACKAGE = Path(piko_trio_events.__file__).parent
+
+
+def _plain_value_error_raises(source: str) -> list[int]:
+    """Lines of ``source`` that raise the builtin ValueError itself."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(exc, ast.Name) and exc.id == "ValueError":
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_the_scan_finds_a_plain_value_error() -> None:
+    source = "def f(x):\n    if x:\n        raise ValueError('bad')\n    raise ValueError\n"
+    assert _plain_value_error_raises(source) == [3, 4]
+    assert _plain_value_error_raises("raise ConfigError('bad')\n") == []
+
+
+def test_no_plain_value_error_is_raised_anywhere_in_the_package() -> None:
+    # A bad value must be catchable with `except PikoEventsError`: raise one
+    # of its ValueError subclasses (ConfigError, InvalidTopicError,
+    # InvalidMessageError), never the builtin itself.
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line in _plain_value_error_raises(path.read_text(encoding="utf-8"))
+    ]
+    assert not found, f"plain ValueError raised at {found}"
+
+
+def test_every_value_error_class_of_the_library_is_a_piko_events_error() -> None:
+    from piko_trio_events import middleware, testing
+
+    for module in (piko_trio_events, middleware, testing):
+        for name in module.__all__:
+            value = getattr(module, name)
+            if isinstance(value, type) and issubclass(value, ValueError):
+                assert issubclass(value, PikoEventsError), f"{module.__name__}.{name}"
+
+
+async def _noop(msg: Message) -> None:
+    pass
+
+
+def _bad_values() -> list[tuple[str, Callable[[], object]]]:
+    from piko_trio_events.middleware import retry, timeout
+    from piko_trio_events.testing import Fault, chaos_schedules, topics
+
+    return [
+        ("empty uuid", lambda: Message(b"", uuid="")),
+        ("uuid with a line break", lambda: Message(b"", uuid="a\nb")),
+        ("retry(max_retries=-1)", lambda: retry(max_retries=-1)),
+        ("timeout(0)", lambda: timeout(0)),
+        ("Fault(kind='nope')", lambda: Fault(kind="nope")),  # type: ignore[arg-type]
+        ("Fault('hold', 0)", lambda: Fault("hold", 0)),
+        ("chaos_schedules(max_faults=-1)", lambda: chaos_schedules(max_faults=-1)),
+        ("topics(max_tokens=0)", lambda: topics(max_tokens=0)),
+    ]
+
+
+@pytest.mark.parametrize(("what", "call"), _bad_values(), ids=[w for w, _ in _bad_values()])
+def test_a_bad_value_raises_a_piko_events_error(what: str, call: Callable[[], object]) -> None:
+    with pytest.raises(PikoEventsError) as info:
+        call()
+    assert isinstance(info.value, ValueError), what
+
+
+@pytest.mark.parametrize("delay", [-1, -0.5, math.inf, math.nan])
+async def test_a_bad_nack_delay_raises_invalid_message_error(delay: float) -> None:
+    with pytest.raises(InvalidMessageError, match="nack delay"):
+        await Message(b"x").nack(delay)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"Nats-Msg-Id": "x"}, {"nats-expected-stream": "x"}, {"bad key": "x"}, {"k": "a\r\nb"}],
+)
+async def test_bad_metadata_raises_invalid_message_error_on_publish(
+    metadata: dict[str, str],
+) -> None:
+    async with open_memory_provider(MemoryConfig()) as provider:
+        with pytest.raises(InvalidMessageError, match="metadata"):
+            await provider.publisher.publish("t", Message(b"", metadata))
+
+
+def _router_calls() -> list[tuple[str, Callable[[piko_trio_events.Router], object]]]:
+    return [
+        ("concurrency=0", lambda r: r.add_handler("h2", "t", _noop, concurrency=0)),
+        ("concurrency=-1", lambda r: r.add_handler("h2", "t", _noop, concurrency=-1)),
+        ("duplicate name", lambda r: r.add_handler("h", "t", _noop)),
+        ("empty name", lambda r: r.add_handler("", "t", _noop)),
+        ("empty group", lambda r: r.add_handler("h2", "t", _noop, group="")),
+        ("bad start", lambda r: r.add_handler("h2", "t", _noop, start=0)),
+    ]
+
+
+@pytest.mark.parametrize(("what", "call"), _router_calls(), ids=[w for w, _ in _router_calls()])
+async def test_bad_handler_options_raise_config_error(
+    what: str, call: Callable[[piko_trio_events.Router], object]
+) -> None:
+    async with open_memory_provider(MemoryConfig()) as provider:
+        provider.router.add_handler("h", "t", _noop)
+        with pytest.raises(ConfigError):
+            call(provider.router)
+        assert list(provider.router.handlers) == ["h"], what
+
+
+@pytest.mark.nats
+@pytest.mark.parametrize("jetstream", [True, False], ids=["jetstream", "core"])
+async def test_a_payload_over_max_payload_raises_invalid_message_error(
+    nats_server: NatsServer, jetstream: bool
+) -> None:
+    with trio.fail_after(15):
+        config = NatsConfig(url=nats_server.url, jetstream=JetStreamConfig(disabled=not jetstream))
+        async with open_nats_provider(config) as provider:
+            publish: Callable[..., Awaitable[None]] = provider.publisher.publish
+            too_big = b"x" * (2 * 1024 * 1024)
+            with pytest.raises(InvalidMessageError, match="max_payload"):
+                await publish("big.x", Message(too_big))
+            await publish("big.x", Message(b"the provider carries on"))

@@ -46,6 +46,7 @@ from .._errors import (
     AckError,
     ConfigError,
     ConnectError,
+    InvalidMessageError,
     InvalidTopicError,
     PikoEventsError,
     ProviderClosedError,
@@ -165,7 +166,7 @@ def _encode(prefix: bytes, msg: Message, track_id: bool | bytes, limit: int = 10
     after ``track_id`` itself when it is bytes (a topic qualifier).
 
     The caller has checked the metadata (``validate_metadata``). Raises
-    ValueError when headers and payload together exceed ``limit`` (the
+    InvalidMessageError when headers and payload together exceed ``limit`` (the
     server's max_payload: it would close the connection, and nats-py the
     client, for good), TypeError when the payload is not bytes-like.
     """
@@ -188,7 +189,7 @@ def _encode(prefix: bytes, msg: Message, track_id: bool | bytes, limit: int = 10
     size = len(header)
     total = size + len(payload)
     if total > limit:
-        raise ValueError(
+        raise InvalidMessageError(
             f"message {msg.uuid!r} exceeds the server's limit of {limit} bytes (max_payload): "
             f"{len(payload)} bytes of payload and {size} of headers"
         )
@@ -310,7 +311,7 @@ class _Connection:
     async def _error_cb(self, error: Exception) -> None:
         import ssl
 
-        from nats.errors import AuthorizationError, SlowConsumerError
+        from nats.errors import AuthorizationError, SlowConsumerError, UnexpectedEOF
 
         from .._errors import AuthError
 
@@ -374,7 +375,8 @@ class _Connection:
                 for server in self.nc._server_pool:
                     server.reconnects = max(server.reconnects, 2)
         self.last_error = text
-        self._event("error")
+        if not isinstance(error, UnexpectedEOF):  # the server closed the link: its
+            self._event("error")  # disconnect is counted (once) in watch()
 
     async def _disconnected_cb(self) -> None:
         self._event("disconnected")
@@ -621,6 +623,9 @@ class _Connection:
         async for event in self.events_receive:
             if event == "disconnected":
                 if self.connected and not self.closed:
+                    # One connection error per lost link, however it was lost (as
+                    # Piko's Go provider counts it); our own close is none.
+                    self.metrics.connection_errors.add(1)
                     logger.warning("NATS connection lost; reconnecting")
                 self.connected = False
             elif event == "reconnected":
@@ -1444,6 +1449,10 @@ class _JetStreamSubscription(NatsSubscription):
                 problems.append(f"deliver_policy={getattr(have.deliver_policy, 'value', None)!r}")
             elif wanted.opt_start_seq is not None and have.opt_start_seq != wanted.opt_start_seq:
                 problems.append(f"opt_start_seq={have.opt_start_seq!r}")
+            elif wanted.opt_start_time is not None and have.opt_start_time != wanted.opt_start_time:
+                # nats-py parses the server's normalised RFC 3339 text into an aware
+                # datetime: this compares instants, whatever the zone asked for.
+                problems.append(f"opt_start_time={have.opt_start_time.isoformat()!r}")
         if problems:
             raise ConfigError(
                 f"group {self.group!r} of {self.pattern!r} exists (consumer {self._consumer!r}) "

@@ -56,6 +56,7 @@ import trio
 from hypothesis import strategies as st
 
 from .._abc import Provider, Publisher, StartPosition, Subscriber
+from .._errors import ConfigError
 from .._lifecycle import DrainStep, drain
 from .._message import _NACKED, Message
 from .._provider_base import ProviderBase
@@ -103,11 +104,11 @@ class Fault:
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
-            raise ValueError(f"fault kind must be one of {FAULT_KINDS}, not {self.kind!r}")
+            raise ConfigError(f"fault kind must be one of {FAULT_KINDS}, not {self.kind!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 0:
-            raise ValueError(f"fault n must be an int >= 0, not {self.n!r}")
+            raise ConfigError(f"fault n must be an int >= 0, not {self.n!r}")
         if self.kind == "hold" and self.n < 1:
-            raise ValueError("a hold fault needs n >= 1 (the messages that overtake it)")
+            raise ConfigError("a hold fault needs n >= 1 (the messages that overtake it)")
 
     @classmethod
     def ok(cls) -> Fault:
@@ -231,9 +232,9 @@ def chaos_schedules(
     """
     for kind in kinds:
         if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; choose from {FAULT_KINDS}")
+            raise ConfigError(f"unknown fault kind {kind!r}; choose from {FAULT_KINDS}")
     if max_faults < 0 or max_shift < 1 or max_crash_point < 0:
-        raise ValueError("max_faults must be >= 0, max_shift >= 1 and max_crash_point >= 0")
+        raise ConfigError("max_faults must be >= 0, max_shift >= 1 and max_crash_point >= 0")
     options: list[st.SearchStrategy[Fault]] = [st.just(_OK)]
     wanted = set(kinds)
     if "duplicate" in wanted:
@@ -496,7 +497,7 @@ class ChaosProvider(ProviderBase[Publisher, ChaosSubscriber]):
         if not isinstance(schedule, ChaosSchedule):
             raise TypeError(f"schedule must be a ChaosSchedule, not {schedule!r}")
         if not isinstance(hold_timeout, int | float) or not 0 <= hold_timeout < math.inf:
-            raise ValueError(f"hold_timeout must be a finite number >= 0, not {hold_timeout!r}")
+            raise ConfigError(f"hold_timeout must be a finite number >= 0, not {hold_timeout!r}")
         self.hold_timeout = float(hold_timeout)
         self.schedule = schedule
         self.inner = inner

@@ -34,7 +34,7 @@ from uuid import uuid4
 import trio
 
 from .._abc import Provider, StartPosition
-from .._errors import AckError, PikoEventsError
+from .._errors import AckError, ConfigError, PikoEventsError
 from .._message import Message
 from .._util import single_error
 
@@ -1140,7 +1140,7 @@ async def check_provider(
         AssertionError: the first check that failed (its name in a note).
     """
     if not scale > 0:
-        raise ValueError(f"scale must be > 0, not {scale!r}")
+        raise ConfigError(f"scale must be > 0, not {scale!r}")
     results: dict[str, str] = {}
     for name, check in CHECKS:
         try:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 from hypothesis import strategies as st
 
+from .._errors import ConfigError
 from .._message import UUID_HEADER, Message
 from .._topics import MAX_TOPIC_LENGTH
 
@@ -62,11 +63,11 @@ def topics(
         '>'
     """
     if not isinstance(max_tokens, int) or not 1 <= max_tokens <= (MAX_TOPIC_LENGTH + 1) // 2:
-        raise ValueError(
+        raise ConfigError(
             f"max_tokens must be an int from 1 to {(MAX_TOPIC_LENGTH + 1) // 2}, not {max_tokens!r}"
         )
     if not alphabet or any(c in ".*>\x7f" or c < " " or c.isspace() for c in alphabet):
-        raise ValueError(
+        raise ConfigError(
             "alphabet must be non-empty, without '.', '*', '>', whitespace or control "
             f"characters: {alphabet!r}"
         )

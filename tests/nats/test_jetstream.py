@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import trio
@@ -198,6 +198,36 @@ async def test_start_positions_and_conflicting_group_settings(nats_server: NatsS
             with pytest.raises(ConfigError, match="ack_wait"):
                 async with provider.subscriber.subscribe("replay.x", group="from-all"):
                     pass  # pragma: no cover
+
+
+async def test_a_different_start_time_for_an_existing_group_is_a_config_error(
+    nats_server: NatsServer,
+) -> None:
+    # The server keeps a start time normalised (UTC, "Z", its own precision):
+    # the same instant, written another way, is the same start; another
+    # instant is a different start and must not be accepted silently.
+    created = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone(timedelta(hours=2)))
+    same_in_utc = created.astimezone(UTC)
+    same_naive = same_in_utc.replace(tzinfo=None)  # a naive start is read as UTC
+    with trio.fail_after(15):
+        async with open_nats_provider(js(nats_server)) as provider:
+            subscribe = provider.subscriber.subscribe
+            async with subscribe("since.x", group="since", start=created):
+                pass
+            for same in (created, same_in_utc, same_naive):
+                async with subscribe("since.x", group="since", start=same):
+                    pass
+            for other in (created + timedelta(seconds=1), created - timedelta(microseconds=1)):
+                with pytest.raises(ConfigError, match="opt_start_time"):
+                    async with subscribe("since.x", group="since", start=other):
+                        pass  # pragma: no cover
+            # Another kind of start is refused too (the deliver policy differs).
+            with pytest.raises(ConfigError, match="deliver_policy"):
+                async with subscribe("since.x", group="since", start=1):
+                    pass  # pragma: no cover
+            # No explicit start reuses the group as it is.
+            async with subscribe("since.x", group="since"):
+                pass
 
 
 async def test_private_subscription_gets_new_messages_only(nats_server: NatsServer) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import pytest
 import trio
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -101,3 +106,88 @@ async def test_core_slow_consumer_drops_are_counted(
                         received += 1
             assert received + provider.dropped == 3000
             assert received < 3000
+
+
+@contextmanager
+def frozen(server: NatsServer) -> Iterator[Callable[[], None]]:
+    """Yields ``freeze``: it stops the server process (SIGSTOP), whose sockets
+    stay open while it answers nothing, as a hung server would; it runs
+    again (SIGCONT) when the block ends."""
+    process = server._process
+    assert process is not None
+    pid = process.pid
+    stopped = False
+
+    def freeze() -> None:
+        nonlocal stopped
+        os.kill(pid, signal.SIGSTOP)
+        stopped = True
+
+    try:
+        yield freeze
+    finally:
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_close_that_cannot_drain_is_counted_as_a_close_error(
+    nats_server: NatsServer, reader: InMemoryMetricReader
+) -> None:
+    # The server hangs at close: the final flush gets no answer within close_timeout.
+    config = NatsConfig(
+        url=nats_server.url, close_timeout=1.0, jetstream=JetStreamConfig(disabled=True)
+    )
+    before = nats_snapshot(reader)
+    with trio.fail_after(20), frozen(nats_server) as freeze:
+        async with open_nats_provider(config) as provider:
+            await provider.publisher.publish("held.x", Message(b"x"))
+            await provider.publisher.flush()
+            freeze()
+            await provider.publisher.publish("held.x", Message(b"y"))
+    after = nats_snapshot(reader)
+    assert delta(before, after, "provider_close_error_count") == 1
+    assert delta(before, after, "provider_close_count") == 1
+
+
+async def test_a_clean_close_is_no_close_error(
+    nats_server: NatsServer, reader: InMemoryMetricReader
+) -> None:
+    config = NatsConfig(url=nats_server.url, jetstream=JetStreamConfig(disabled=True))
+    before = nats_snapshot(reader)
+    with trio.fail_after(20):
+        async with open_nats_provider(config) as provider:
+            await provider.publisher.publish("held.x", Message(b"x"))
+    after = nats_snapshot(reader)
+    assert delta(before, after, "provider_close_error_count") == 0
+    assert delta(before, after, "provider_close_count") == 1
+    assert delta(before, after, "provider_connection_errors") == 0
+
+
+@pytest.mark.parametrize("how", ["stopped", "hung"])
+async def test_a_lost_connection_counts_one_connection_error(
+    nats_server: NatsServer, reader: InMemoryMetricReader, how: str
+) -> None:
+    # As Piko's Go provider counts it (its DisconnectErrHandler): one error per
+    # lost connection, whether the server closed the link ("stopped": nats-py
+    # reads EOF) or stopped answering ("hung": nats-py's pings find the link
+    # stale, and no error callback runs). reconnect_wait is long, so that no
+    # failed reconnect attempt is counted in the meantime.
+    config = NatsConfig(
+        url=nats_server.url,
+        reconnect_wait=30.0,
+        jetstream=JetStreamConfig(disabled=True),
+        nats_options={"ping_interval": 0.1, "max_outstanding_pings": 1},
+    )
+    with trio.fail_after(20), frozen(nats_server) as freeze:
+        async with open_nats_provider(config) as provider:
+            before = nats_snapshot(reader)
+            if how == "stopped":
+                await nats_server.stop()
+            else:
+                freeze()
+            await eventually(lambda: not provider.connected)
+            lost = nats_snapshot(reader)
+        closed = nats_snapshot(reader)
+    assert delta(before, lost, "provider_connection_errors") == 1
+    # Closing the provider (its own disconnect) is no connection error.
+    assert delta(lost, closed, "provider_connection_errors") == 0
