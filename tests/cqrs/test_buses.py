@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 import trio.testing
@@ -194,12 +196,13 @@ async def test_handler_signatures_are_checked_at_registration(
 
     async def undecodable(event: bytes) -> None: ...
 
-    for func, says in (
+    cases: list[tuple[Any, str]] = [
         (unannotated, "annotate its parameter"),
         (two, "exactly one parameter"),
         (sync, "async function"),
         (undecodable, "cannot decode"),
-    ):
+    ]
+    for func, says in cases:
         with pytest.raises(TypeError, match=says):
             events.handler(func)
     assert not memory_provider.router.handlers
