@@ -6,7 +6,7 @@ marshalers do) and a message back into a value of a given type, raising
 :class:`~piko_trio_events.DecodeError` when the payload is not one.
 
 :class:`JSONMarshaler` needs the standard library alone (dataclasses,
-``TypedDict``s, enums, datetimes and plain JSON types). :class:`MsgspecMarshaler`
+TypedDicts, enums, datetimes and plain JSON types). :class:`MsgspecMarshaler`
 and :class:`PydanticMarshaler` import their library when first built.
 """
 
@@ -155,13 +155,13 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 class JSONMarshaler(_Named):
-    """JSON on the standard library: dataclasses, ``TypedDict``s, plain JSON types.
+    """JSON on the standard library: dataclasses, TypedDicts, plain JSON types.
 
     Supported types: ``str``, ``int``, ``float``, ``bool``, ``None``, lists,
     tuples, sets and ``dict[str, X]`` of them, unions and ``Optional``,
     ``Literal``, enums (by value), ``datetime`` / ``date`` / ``time``
     (ISO 8601), ``UUID`` and ``Decimal`` (strings), dataclasses and
-    ``TypedDict``s of them, ``Any``. Decoding checks every value against its
+    TypedDicts of them, ``Any``. Decoding checks every value against its
     annotation and raises :class:`~piko_trio_events.DecodeError` naming the
     first that does not fit; keys a dataclass or TypedDict does not declare
     are ignored (an older reader of a newer writer), missing required ones
