@@ -209,6 +209,14 @@ class _Bus:
 
     async def _publish_values(self, values: Sequence[object], cls: Any) -> None:
         """Publish each value on its type's topic; runs of one topic in one call."""
+        if len(values) == 1 and cls is None:  # the common case, without the batching
+            value = values[0]
+            kind = type(value)
+            topic = self._topics.get(kind)
+            if topic is not None:  # a type seen before: learned, its topic checked
+                message = self._marshaler.marshal(value, kind)
+                await self._provider.publisher.publish(topic, message)
+                return
         batch: list[Message] = []
         batch_topic = ""
         for value in values:

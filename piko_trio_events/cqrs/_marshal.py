@@ -424,15 +424,18 @@ def _dataclass(cls: type, building: dict[Any, Convert]) -> Convert:
             lines.append("    else:")
             lines.append(f"        {var} = c{i}({var}, {where})")
         call.append((field.name, var, required))
-    lines.append(
-        f"    kwargs = {{{', '.join(f'{name!r}: {var}' for name, var, req in call if req)}}}"
-    )
-    for name, var, req in call:
-        if not req:
-            lines.append(f"    if {var} is not _missing:")
-            lines.append(f"        kwargs[{name!r}] = {var}")
     lines.append("    try:")
-    lines.append("        return cls(**kwargs)")
+    if all(req for _, _, req in call):  # every field given: one call, keywords inline
+        arguments = ", ".join(f"{name}={var}" for name, var, _ in call)
+        lines.append(f"        return cls({arguments})")
+    else:
+        required = ", ".join(f"{name!r}: {var}" for name, var, req in call if req)
+        lines.append(f"        kwargs = {{{required}}}")
+        for name, var, req in call:
+            if not req:
+                lines.append(f"        if {var} is not _missing:")
+                lines.append(f"            kwargs[{name!r}] = {var}")
+        lines.append("        return cls(**kwargs)")
     lines.append("    except (TypeError, ValueError) as exc:  # its __post_init__ refused")
     lines.append(f"        raise _Invalid(path, {cls.__name__!r}, str(exc)) from None")
     # Only field names (identifiers, written with repr) go into the code.
