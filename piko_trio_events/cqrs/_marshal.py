@@ -429,8 +429,8 @@ def _dataclass(cls: type, building: dict[Any, Convert]) -> Convert:
         arguments = ", ".join(f"{name}={var}" for name, var, _ in call)
         lines.append(f"        return cls({arguments})")
     else:
-        required = ", ".join(f"{name!r}: {var}" for name, var, req in call if req)
-        lines.append(f"        kwargs = {{{required}}}")
+        given = ", ".join(f"{name!r}: {var}" for name, var, req in call if req)
+        lines.append(f"        kwargs = {{{given}}}")
         for name, var, req in call:
             if not req:
                 lines.append(f"        if {var} is not _missing:")
