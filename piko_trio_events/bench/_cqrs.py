@@ -13,11 +13,12 @@ dataclass as JSON, three ways, on the memory provider and on core NATS:
   field checked on decode).
 
 ``cqrs-request``: request -> handler -> reply round trips on core NATS, one
-after another, each timed (p50 / p99): raw nats-py ``nc.request`` against a
-subscription that answers with ``msg.respond`` (bytes both ways),
-FastStream's ``broker.request`` against a subscriber returning its ``dict``
-body, and ``CommandBus.request`` against a typed command handler returning
-a typed reply. Each side runs requester and handler on one connection.
+after another at 1,000 a second (as the ``latency`` scenario), each timed
+(p50 / p99): raw nats-py ``nc.request`` against a subscription that answers
+with ``msg.respond`` (bytes both ways), FastStream's ``broker.request``
+against a subscriber returning its ``dict`` body, and ``CommandBus.request``
+against a typed command handler returning a typed reply. Each side runs
+requester and handler on one connection.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def request_scenario(messages: int, timeout: float) -> Scenario:
     return Scenario(
         name="cqrs-request",
         title=(
-            f"request -> handler -> reply round trip on core NATS, one at a time,"
+            f"request -> handler -> reply round trip on core NATS, 1,000 requests/s, one at a time,"
             f" {messages:,} timed (raw: nc.request + msg.respond; faststream: broker.request;"
             " piko: CommandBus.request, typed both ways)"
         ),
@@ -120,6 +121,7 @@ def request_scenario(messages: int, timeout: float) -> Scenario:
         params={
             "messages": messages,
             "warmup": min(500, messages),
+            "rate": 1_000.0,
             "timeout": timeout,
             "payload": json.dumps(body),
             "body": body,
@@ -277,9 +279,14 @@ async def _request(params: Mapping[str, Any]) -> dict[str, Any]:
         await wait_all_tasks_blocked()
         request = commands.request
         started = time.perf_counter()
+        rate = float(params["rate"])
+        paced = time.perf_counter()
         for index in range(warmup + count):
             if index == warmup:
                 started = time.perf_counter()
+            delay = paced + index / rate - time.perf_counter()
+            if delay > 0:  # a fixed rate, as the latency scenario: no request waits on another
+                await trio.sleep(delay)
             sent = time.perf_counter()
             reply = await request(ORDER, timeout=5, reply_type=Reply)
             if index >= warmup:

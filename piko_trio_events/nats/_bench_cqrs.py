@@ -9,6 +9,7 @@ They live here because asyncio and nats-py may only be imported inside
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,9 +33,14 @@ async def _raw_request(params: Mapping[str, Any]) -> dict[str, Any]:
     await nc.flush()
     samples: list[float] = []
     started = time.perf_counter()
+    rate = float(params["rate"])
+    paced = time.perf_counter()
     for index in range(warmup + count):
         if index == warmup:
             started = time.perf_counter()
+        delay = paced + index / rate - time.perf_counter()
+        if delay > 0:  # a fixed rate, as the latency scenario: no request waits on another
+            await asyncio.sleep(delay)
         sent = time.perf_counter()
         reply = await nc.request(subject, payload, timeout=5)
         if index >= warmup:
@@ -64,9 +70,14 @@ async def _faststream_request(params: Mapping[str, Any]) -> dict[str, Any]:
     await broker.start()
     samples: list[float] = []
     started = time.perf_counter()
+    rate = float(params["rate"])
+    paced = time.perf_counter()
     for index in range(warmup + count):
         if index == warmup:
             started = time.perf_counter()
+        delay = paced + index / rate - time.perf_counter()
+        if delay > 0:  # a fixed rate, as the latency scenario: no request waits on another
+            await asyncio.sleep(delay)
         sent = time.perf_counter()
         response = await broker.request(body, subject, timeout=5)
         reply = await response.decode()
