@@ -19,11 +19,14 @@ from ._errors import AckError as AckError
 from ._errors import AuthError as AuthError
 from ._errors import ConfigError as ConfigError
 from ._errors import ConnectError as ConnectError
+from ._errors import DecodeError as DecodeError
 from ._errors import InvalidMessageError as InvalidMessageError
 from ._errors import InvalidTopicError as InvalidTopicError
+from ._errors import NoResponderError as NoResponderError
 from ._errors import PikoEventsError as PikoEventsError
 from ._errors import ProviderClosedError as ProviderClosedError
 from ._errors import PublishError as PublishError
+from ._errors import RequestError as RequestError
 from ._errors import StreamNotFoundError as StreamNotFoundError
 from ._message import Delivery as Delivery
 from ._message import Message as Message
@@ -42,6 +45,7 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "ConnectError",
+    "DecodeError",
     "Delivery",
     "Handler",
     "HandlerFunc",
@@ -53,11 +57,13 @@ __all__ = [
     "Message",
     "Middleware",
     "NatsConfig",
+    "NoResponderError",
     "PikoEventsError",
     "Provider",
     "ProviderClosedError",
     "PublishError",
     "Publisher",
+    "RequestError",
     "Router",
     "RouterConfig",
     "StartPosition",

@@ -12,11 +12,14 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "ConnectError",
+    "DecodeError",
     "InvalidMessageError",
     "InvalidTopicError",
+    "NoResponderError",
     "PikoEventsError",
     "ProviderClosedError",
     "PublishError",
+    "RequestError",
     "StreamNotFoundError",
 ]
 
@@ -91,4 +94,40 @@ class AckError(PikoEventsError):
 
     The message may be redelivered. (``ack()`` returning ``False`` means
     something else: the message was already nacked.)
+    """
+
+
+class DecodeError(PikoEventsError, ValueError):
+    """A message does not decode to the type expected (:mod:`piko_trio_events.cqrs`).
+
+    Its payload is not a valid value of the type, its ``name`` metadata is
+    missing or names no type the receiver knows, or a reply is of another
+    type than the one asked for. The message says which, and names the
+    message's uuid and topic where it has them.
+    """
+
+
+class RequestError(PikoEventsError):
+    """The handler of a request raised: its error, as the requester sees it.
+
+    Only the remote error's type name and message travel, never its
+    traceback or locals.
+
+    Attributes:
+        remote_type: the name of the handler's exception class.
+        remote_message: ``str()`` of it.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str) -> None:
+        super().__init__(f"{remote_type}: {remote_message}" if remote_message else remote_type)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+
+
+class NoResponderError(PikoEventsError):
+    """No one serves the request's topic: the server said so (core NATS).
+
+    Where the provider cannot tell (JetStream stores the request for a
+    handler that may come later, the memory provider), a request nobody
+    serves ends with ``trio.TooSlowError`` at its timeout instead.
     """

@@ -41,9 +41,11 @@ SCRIPTS: list[tuple[str, tuple[str, ...], bool, str]] = [
     ("observability.py", (), False, "events.router.handler_duration"),
     ("security.py", (), True, "password shown: False"),
     ("migrating.py", (), False, "NatsConfig(url='nats://nats-1:4222,nats://nats-2:4222'"),
+    ("shop.py", (), False, "reply: CardCharged(order=2, receipt='r-2')"),
+    ("shop.py", ("--nats",), True, "no one serves ShipOrder (the server said so)"),
 ]
 # Example test files, run with pytest.
-TEST_FILES = ["test_my_handlers.py", "test_ledger_idempotency.py"]
+TEST_FILES = ["test_my_handlers.py", "test_ledger_idempotency.py", "test_cqrs_handlers.py"]
 
 TIMEOUT = 120.0
 

@@ -60,6 +60,10 @@ EXTRA_NAMES = {
     "cancel_on_signals",
     "current_handler_name",
     "HandlerOutputError",
+    # the cqrs layer's errors (also exported by piko_trio_events.cqrs)
+    "DecodeError",
+    "RequestError",
+    "NoResponderError",
 }
 
 
@@ -87,12 +91,13 @@ def test_no_private_module_names_leak() -> None:
         "testing",
         "nats",
         "bench",
+        "cqrs",
     }
     assert public <= allowed, f"unexpected public attributes: {sorted(public - allowed)}"
 
 
 def test_errors_form_one_hierarchy() -> None:
-    for name in ("ConfigError", "InvalidTopicError", "InvalidMessageError"):
+    for name in ("ConfigError", "InvalidTopicError", "InvalidMessageError", "DecodeError"):
         cls = getattr(piko_trio_events, name)
         assert issubclass(cls, piko_trio_events.PikoEventsError)
         assert issubclass(cls, ValueError)
@@ -102,13 +107,17 @@ def test_errors_form_one_hierarchy() -> None:
         "PublishError",
         "AckError",
         "ProviderClosedError",
+        "RequestError",
+        "NoResponderError",
     ):
         assert issubclass(getattr(piko_trio_events, name), piko_trio_events.PikoEventsError)
     # Credentials or a certificate refused: a kind of connect failure.
     assert issubclass(piko_trio_events.AuthError, piko_trio_events.ConnectError)
 
 
-@pytest.mark.parametrize("module", ["piko_trio_events.middleware", "piko_trio_events.testing"])
+@pytest.mark.parametrize(
+    "module", ["piko_trio_events.middleware", "piko_trio_events.testing", "piko_trio_events.cqrs"]
+)
 def test_subpackages_import(module: str) -> None:
     importlib.import_module(module)
 

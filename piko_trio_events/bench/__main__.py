@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from . import _memory, _nats, _rss
+from . import _cqrs, _memory, _nats, _rss
 from ._runner import Scenario, print_summary, report, run_scenarios, write_json
 
 
@@ -106,6 +106,16 @@ def _nats_scenario(name: str, args: argparse.Namespace) -> Scenario:
     return _nats.build(name, counts, timeout=min(args.timeout, 120.0))
 
 
+def _cqrs_scenario(name: str, args: argparse.Namespace) -> Scenario:
+    timeout = min(args.timeout, 300.0)
+    if name == "cqrs-request":
+        return _cqrs.request_scenario(args.messages or (300 if args.quick else 5_000), timeout)
+    kind = name.partition("-")[2]
+    full = 100_000 if kind == "memory" else 50_000
+    messages = args.messages or (full // 20 if args.quick else full)
+    return _cqrs.throughput_scenario(kind, messages, timeout)
+
+
 #: Scenario name -> its command-line entry. ``all`` runs every one, in this order.
 SCENARIOS: dict[str, Entry] = {
     "memory": Entry(
@@ -121,6 +131,21 @@ SCENARIOS: dict[str, Entry] = {
         )
         for name in _nats.NATS_SCENARIOS
     },
+    "cqrs-memory": Entry(
+        "typed (EventBus, JSON) vs bytes path, five-field dataclass, memory provider",
+        _no_arguments,
+        partial(_cqrs_scenario, "cqrs-memory"),
+    ),
+    "cqrs-core": Entry(
+        "typed (EventBus, JSON) vs bytes path, five-field dataclass, core NATS",
+        _no_arguments,
+        partial(_cqrs_scenario, "cqrs-core"),
+    ),
+    "cqrs-request": Entry(
+        "request/reply p50/p99: CommandBus.request vs nc.request vs FastStream broker.request",
+        _no_arguments,
+        partial(_cqrs_scenario, "cqrs-request"),
+    ),
     "memory-rss": Entry(
         "memory provider: peak RSS, 1,000,000 messages to a consumer limited to 20,000/s",
         _rss_arguments,
@@ -132,6 +157,7 @@ SCENARIOS: dict[str, Entry] = {
 GROUPS: dict[str, tuple[str, ...]] = {
     "all": tuple(SCENARIOS),
     "nats": _nats.NATS_SCENARIOS,
+    "cqrs": ("cqrs-memory", "cqrs-core", "cqrs-request"),
 }
 
 

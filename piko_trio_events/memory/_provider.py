@@ -601,6 +601,12 @@ class MemoryProvider(ProviderBase[MemoryPublisher, MemorySubscriber]):
     def undelivered(self) -> list[Undelivered]:
         return self._broker.undelivered
 
+    def _request_transport(self) -> object:
+        """Request/reply for :mod:`piko_trio_events.cqrs`: replies stay in this process."""
+        from ..cqrs._transport import LocalRequests
+
+        return LocalRequests(self)
+
     def __repr__(self) -> str:
         return f"<MemoryProvider running={self._running} config={self.config!r}>"
 

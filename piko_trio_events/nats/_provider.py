@@ -1840,6 +1840,12 @@ class NatsProvider(ProviderBase[NatsPublisher, NatsSubscriber]):
     def jetstream(self) -> bool:
         return not self.config.jetstream.disabled
 
+    def _request_transport(self) -> object:
+        """Request/reply for :mod:`piko_trio_events.cqrs`: a new transport per bus."""
+        from ._requests import NatsRequests
+
+        return NatsRequests(self._conn, self._publisher)
+
     def __repr__(self) -> str:
         return (
             f"<NatsProvider running={self._running} connected={self.connected} "
