@@ -6,10 +6,10 @@ opens.
 """
 
 from ._provider import NatsProvider as NatsProvider
-from ._provider import NatsPublisher as NatsPublisher
-from ._provider import NatsSubscriber as NatsSubscriber
-from ._provider import NatsSubscription as NatsSubscription
 from ._provider import open_nats_provider as open_nats_provider
+from ._publisher import NatsPublisher as NatsPublisher
+from ._subscriber import NatsSubscriber as NatsSubscriber
+from ._subscription import NatsSubscription as NatsSubscription
 
 __all__ = [
     "NatsProvider",

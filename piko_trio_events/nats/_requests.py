@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from ..cqrs._transport import Deliver
-    from ._provider import NatsPublisher, _Connection
+    from ._connection import _Connection
+    from ._publisher import NatsPublisher
 
 __all__ = ["NatsRequests"]
 
@@ -51,7 +52,8 @@ class NatsRequests:
         self._deliver: Deliver | None = None
 
     async def open_inbox(self, deliver: Deliver) -> None:
-        from ._provider import _PENDING_BYTES, _PENDING_MSGS, _ReadLoopDispatch
+        from ._limits import _PENDING_BYTES, _PENDING_MSGS
+        from ._replies import _ReadLoopDispatch
 
         conn = self._conn
         nc = conn.nc
@@ -100,7 +102,7 @@ class NatsRequests:
 
     def _send(self, prefix: bytes, message: Message, topic: str) -> None:
         """A core publish (never JetStream: an inbox has no stream)."""
-        from ._provider import _encode
+        from ._wire import _encode
 
         if self._publisher._closed or self._conn.nc is None:
             raise ProviderClosedError(f"cannot publish to {topic!r}: the provider is closed")
@@ -111,7 +113,7 @@ class NatsRequests:
     # -- replies (nats-py's read loop: never blocks) ------------------------------------
 
     def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        from ._provider import _raw_metadata
+        from ._wire import _raw_metadata
 
         token = subject[len(self._prefix) + 1 :].decode()
         # An inline status: "NATS/1.0 503\r\n..." (a space after the version).
@@ -122,7 +124,7 @@ class NatsRequests:
         self._hand_over(token, Message(data, metadata, uuid=uuid))
 
     def _on_msg(self, msg: Msg) -> None:
-        from ._provider import _metadata_of
+        from ._wire import _metadata_of
 
         token = msg.subject[len(self._prefix) + 1 :]
         headers = dict(msg.headers) if msg.headers else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable
 
@@ -32,3 +33,14 @@ async def eventually(check: Callable[[], bool], interval: float = 0.01) -> None:
         if check():
             return
         await trio.sleep(interval)
+
+
+def wait_until_stopped(pid: int) -> None:
+    """SIGSTOP is delivered asynchronously: the process may answer one more
+    request before it stops. Wait until the kernel shows it stopped."""
+    while True:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rpartition(")")[2].split()[0]
+        if state in ("T", "t"):
+            return
+        os.sched_yield()

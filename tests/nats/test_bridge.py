@@ -12,7 +12,14 @@ import trio.testing
 import trio_asyncio
 
 from piko_trio_events import JetStreamConfig, Message, NatsConfig, ProviderClosedError
-from piko_trio_events.nats import _provider, open_nats_provider
+from piko_trio_events.nats import (
+    _connection,
+    _core_subscription,
+    _limits,
+    _publisher,
+    _replies,
+    open_nats_provider,
+)
 from piko_trio_events.nats._bridge import Bridge, Inbox
 from piko_trio_events.testing._server import NatsServer
 
@@ -246,7 +253,7 @@ async def test_large_core_messages_go_out_in_bounded_batches(nats_server: NatsSe
                 for _ in range(count):
                     assert (await channel.receive()).payload == payload
             assert batches
-            assert max(batches) <= _provider.OUT_BYTES + size + 1024
+            assert max(batches) <= _limits.OUT_BYTES + size + 1024
 
 
 async def test_a_direct_write_never_overtakes_what_is_queued(
@@ -254,7 +261,8 @@ async def test_a_direct_write_never_overtakes_what_is_queued(
 ) -> None:
     """A command written straight from trio (``_Connection.send``) goes after
     whatever the bridge or nats-py's outgoing buffer still holds."""
-    monkeypatch.setattr(_provider, "_QUIET", -1.0)  # every send tries the direct write
+    for module in (_connection, _publisher):  # every send tries the direct write
+        monkeypatch.setattr(module, "_QUIET", -1.0)
     with trio.fail_after(10):
         async with open_nats_provider(_core_provider(nats_server)) as provider:
             conn = provider._conn
@@ -291,9 +299,9 @@ async def test_a_core_subscription_past_its_buffers_drops_and_counts(
     """Messages taken straight from nats-py's read loop are held up to the
     subscription's buffer plus nats-py's pending limits; the rest is dropped
     and counted in ``provider.dropped`` (a slow consumer), never blocking."""
-    monkeypatch.setattr(_provider, "_CORE_BUFFER", 8)
-    monkeypatch.setattr(_provider, "_PENDING_MSGS", pending_msgs)
-    monkeypatch.setattr(_provider, "_PENDING_BYTES", pending_bytes)
+    monkeypatch.setattr(_core_subscription, "_CORE_BUFFER", 8)
+    monkeypatch.setattr(_core_subscription, "_PENDING_MSGS", pending_msgs)
+    monkeypatch.setattr(_core_subscription, "_PENDING_BYTES", pending_bytes)
     total = 30
     with trio.fail_after(20):
         async with open_nats_provider(_core_provider(nats_server)) as provider:
@@ -337,7 +345,7 @@ def test_an_error_in_a_read_loop_callback_is_logged_not_raised(
     def broken(msg: Any) -> None:
         raise RuntimeError("boom")
 
-    dispatch = _provider._ReadLoopDispatch(broken)
+    dispatch = _replies._ReadLoopDispatch(broken)
     assert not dispatch.cancelled()
     dispatch.set_result(cast(Any, object()))
     assert "boom" in caplog.text
@@ -348,7 +356,8 @@ async def test_sends_close_together_are_batched_not_written_one_by_one(
 ) -> None:
     """Only the first send after a quiet spell is written straight away; the
     next ones wait for the bridge's pump, which writes them in one go."""
-    monkeypatch.setattr(_provider, "_QUIET", 60.0)  # "close together", however slow the machine
+    for module in (_connection, _publisher):  # "close together", however slow the machine
+        monkeypatch.setattr(module, "_QUIET", 60.0)
     with trio.fail_after(10):
         async with open_nats_provider(_core_provider(nats_server)) as provider:
             conn = provider._conn

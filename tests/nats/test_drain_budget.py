@@ -18,6 +18,8 @@ from piko_trio_events import JetStreamConfig, Message, NatsConfig, RouterConfig
 from piko_trio_events.nats import open_nats_provider
 from piko_trio_events.testing._server import NatsServer
 
+from .helpers import wait_until_stopped
+
 BUDGET = 2.0  # the provider's and the router's close_timeout: equal, as by default
 SLACK = 0.5  # scheduling noise on a shared machine, far below the ack wait
 
@@ -175,6 +177,7 @@ async def test_a_server_that_stops_answering_does_not_stretch_the_budget(
             async with open_nats_provider(same_budgets(nats_server.url)) as provider:
                 await provider.publisher.publish("frozen.x", Message(b"x"))
                 process.send_signal(signal.SIGSTOP)
+                wait_until_stopped(process.pid)
                 began = trio.current_time()
             drain = trio.current_time() - began
     finally:

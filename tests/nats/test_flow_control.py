@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from piko_trio_events import Message, NatsConfig
-from piko_trio_events.nats import _provider, open_nats_provider
+from piko_trio_events.nats import _jetstream_subscription, _limits, open_nats_provider
 from piko_trio_events.testing._server import NatsServer
 
 
@@ -15,8 +15,8 @@ async def test_unsettled_messages_stop_the_pulls_until_some_are_settled(
 ) -> None:
     # The puller wakes up every 3 heartbeats even when nothing happens: make that
     # often, so that a pull it should not make would be made within the wait below.
-    monkeypatch.setattr(_provider, "_PULL_HEARTBEAT", 0.2)
-    capacity = _provider._CAPACITY
+    monkeypatch.setattr(_jetstream_subscription, "_PULL_HEARTBEAT", 0.2)
+    capacity = _limits._CAPACITY
     n = capacity * 2 + 10
     config = NatsConfig(url=nats_server.url, ack_wait_timeout=30.0)
     with trio.fail_after(20):

@@ -334,10 +334,10 @@ async def test_message_neither_acked_nor_nacked_comes_back_after_ack_wait(
 async def test_publish_and_confirmed_ack_fail_cleanly_while_the_server_is_down(
     nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from piko_trio_events.nats import _provider
+    from piko_trio_events.nats import _jetstream_subscription, _publisher
 
-    monkeypatch.setattr(_provider, "_PUBLISH_ACK_TIMEOUT", 0.5)
-    monkeypatch.setattr(_provider, "_ACK_TIMEOUT", 0.5)
+    monkeypatch.setattr(_publisher, "_PUBLISH_ACK_TIMEOUT", 0.5)
+    monkeypatch.setattr(_jetstream_subscription, "_ACK_TIMEOUT", 0.5)
     config = js(nats_server, reconnect_wait=0.1, close_timeout=2.0)
     with trio.fail_after(20):
         async with open_nats_provider(config) as provider:

@@ -16,7 +16,7 @@ from piko_trio_events.nats import open_nats_provider
 from piko_trio_events.testing._server import NatsServer, _free_port
 from tests.otel import sdk_reader, snapshot
 
-from .helpers import eventually
+from .helpers import eventually, wait_until_stopped
 
 
 @pytest.fixture
@@ -88,10 +88,10 @@ async def test_failed_start_is_counted(reader: InMemoryMetricReader) -> None:
 async def test_core_slow_consumer_drops_are_counted(
     nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from piko_trio_events.nats import _provider
+    from piko_trio_events.nats import _core_subscription
 
-    monkeypatch.setattr(_provider, "_PENDING_MSGS", 50)
-    monkeypatch.setattr(_provider, "_CORE_BUFFER", 100)
+    monkeypatch.setattr(_core_subscription, "_PENDING_MSGS", 50)
+    monkeypatch.setattr(_core_subscription, "_CORE_BUFFER", 100)
     config = NatsConfig(url=nats_server.url, jetstream=JetStreamConfig(disabled=True))
     with trio.fail_after(20):
         async with open_nats_provider(config) as provider:
@@ -122,6 +122,7 @@ def frozen(server: NatsServer) -> Iterator[Callable[[], None]]:
         nonlocal stopped
         os.kill(pid, signal.SIGSTOP)
         stopped = True
+        wait_until_stopped(pid)
 
     try:
         yield freeze

@@ -9,7 +9,7 @@ import trio
 from piko_trio_events import ConfigError, Message, NatsConfig
 from piko_trio_events._router import _prefetch_for
 from piko_trio_events.nats import open_nats_provider
-from piko_trio_events.nats._provider import _JetStreamSubscription
+from piko_trio_events.nats._jetstream_subscription import _JetStreamSubscription
 from piko_trio_events.testing._server import NatsServer
 
 from .helpers import Tally

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from piko_trio_events import Message
-from piko_trio_events.nats._provider import _decode_command, _encode, _fast_path_available
+from piko_trio_events.nats._internals import _fast_path_available
+from piko_trio_events.nats._wire import _decode_command, _encode
 from piko_trio_events.testing import metadata, topics
 
 

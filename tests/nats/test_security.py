@@ -28,7 +28,7 @@ import trustme
 from piko_trio_events import ConfigError, ConnectError, JetStreamConfig, Message, NatsConfig
 from piko_trio_events._errors import AuthError
 from piko_trio_events.nats import open_nats_provider
-from piko_trio_events.nats._provider import _scrubber
+from piko_trio_events.nats._connection import _scrubber
 from piko_trio_events.testing._server import open_nats_server
 from tests.otel import sdk_reader
 

@@ -1,0 +1,184 @@
+"""Replies to JetStream publishes and confirmed acks: one inbox subscription,
+waiters counted per batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+
+from ._limits import _PENDING_BYTES, _PENDING_MSGS
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from ._connection import _Connection
+
+logger = logging.getLogger("piko_trio_events.nats")
+
+
+class _Waiter:
+    """Replies expected for one batch (a JetStream publish, a confirmed ack)."""
+
+    __slots__ = ("_done", "_prefix", "_seen", "no_stream", "reason", "remaining", "unconfirmed")
+
+    def __init__(self, prefix: bytes, count: int) -> None:
+        self._prefix = prefix
+        self._seen = bytearray(count)
+        self.remaining = count
+        self.unconfirmed = count
+        self.reason = ""
+        self.no_stream = False
+        self._done = trio.Event()
+
+    def reply(self, index: int) -> bytes:
+        return self._prefix + str(index).encode()
+
+    def _answer(self, index: int, error: str | None, no_stream: bool = False) -> None:
+        seen = self._seen
+        if index >= len(seen) or seen[index]:
+            return
+        seen[index] = 1
+        self.remaining -= 1
+        if error is None:
+            self.unconfirmed -= 1
+        else:
+            self.reason = self.reason or error
+            self.no_stream = self.no_stream or no_stream
+        if self.remaining == 0:
+            self._done.set()
+
+    def fail(self, reason: str) -> None:
+        """Give up on the replies still expected: ``wait`` returns at once."""
+        if self.remaining:
+            self.reason = self.reason or reason
+            self._done.set()
+
+    async def wait(self, limit: float, until: float = math.inf) -> None:
+        """Wait for every reply, at most ``limit`` seconds and not past
+        ``until`` (trio time), shielded from cancellation (what is in flight
+        finishes or fails first)."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = min(trio.current_time() + limit, until)
+            await self._done.wait()
+
+
+class _ReadLoopDispatch:
+    """Takes the place of the future of a subscription (nats-py's old-style
+    request): nats-py's read loop calls ``set_result`` with every message of
+    that subscription, and this calls ``callback`` at once (fast path only).
+    With ``raw``, the connection's read path (see ``_Connection._read_raw``)
+    hands it the message's bytes instead, before nats-py parses its headers.
+
+    An error of either is logged, never raised: it would end the read loop.
+    """
+
+    __slots__ = ("_callback", "raw")
+
+    def __init__(
+        self,
+        callback: Callable[[Msg], None],
+        raw: Callable[[bytes, bytes, bytes, bytes | None], None] | None = None,
+    ) -> None:
+        self._callback = callback
+        #: ``raw(subject, reply, payload, headers)``, bytes as read.
+        self.raw = raw
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        try:
+            self._callback(msg)
+        except Exception:
+            logger.exception("handling a message from nats-py's read loop failed")
+
+
+class _Replies:
+    """One inbox subscription collecting the replies of JetStream publishes and
+    confirmed acks, counted per batch: no asyncio future per message (each
+    future callback would cost a trio scheduling round under trio-asyncio)."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._waiters: dict[str, _Waiter] = {}
+        self._prefix = ""
+        self._next = 0
+
+    async def start(self) -> None:
+        conn = self._conn
+        nc = conn.nc
+        assert nc is not None
+        self._prefix = nc.new_inbox() + "."
+        if conn.fast:
+            # nats-py hands a message for a subscription made with a future to
+            # ``future.set_result`` inside its read loop; this stand-in takes
+            # each reply there, sparing the subscription task's scheduling round.
+            dispatch = _ReadLoopDispatch(self._on_reply_now, self._on_reply_raw)
+            callback, future = None, cast(Any, dispatch)
+        else:
+            callback, future = self._on_reply, None
+        await conn.bridge.call(
+            nc.subscribe,
+            self._prefix + ">",
+            "",
+            callback,
+            future,
+            0,
+            _PENDING_MSGS,
+            _PENDING_BYTES,
+        )
+
+    def expect(self, count: int) -> _Waiter:
+        self._next += 1
+        key = str(self._next)
+        waiter = _Waiter(f"{self._prefix}{key}.".encode(), count)
+        self._waiters[key] = waiter
+        return waiter
+
+    def forget(self, waiter: _Waiter) -> None:
+        key = waiter._prefix.decode()[len(self._prefix) : -1]
+        self._waiters.pop(key, None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        self._on_reply_now(msg)
+
+    def _on_reply_now(self, msg: Msg) -> None:
+        headers = msg.headers
+        self._answer(msg.subject, msg.data, headers.get("Status") if headers else None)
+
+    def _on_reply_raw(
+        self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        # An inline status: "NATS/1.0 503\r\n..." (a space after the version).
+        status = headers[9:12].decode() if headers and headers[8:9] == b" " else None
+        self._answer(subject.decode(), data, status)
+
+    def _answer(self, subject: str, data: bytes, status: str | None) -> None:
+        key, _, index = subject[len(self._prefix) :].partition(".")
+        waiter = self._waiters.get(key)
+        if waiter is None or not index.isdigit():
+            return
+        if status == "503":
+            waiter._answer(
+                int(index), "no response from stream (no stream holds the subject)", True
+            )
+        else:
+            if b'"error"' in data:
+                try:
+                    description = json.loads(data)["error"].get("description", "error")
+                except (ValueError, KeyError, AttributeError):
+                    description = data.decode(errors="replace")
+                waiter._answer(int(index), str(description))
+            else:
+                waiter._answer(int(index), None)
+        if waiter.remaining == 0:
+            self._waiters.pop(key, None)
