@@ -8,7 +8,7 @@ import logging
 import math
 from collections.abc import Callable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -21,10 +21,10 @@ from .._errors import (
     StreamNotFoundError,
 )
 from .._metrics import ProviderMetrics
-from ._internals import _fast_path_available
-from ._limits import _API_TIMEOUT, _QUIET, _WRITE_NOW_BYTES
+from . import _internals as internals
+from ._limits import _API_TIMEOUT, _CLOSE_LIMIT, _QUIET, _WRITE_NOW_BYTES
 from ._names import stream_name, topic_root
-from ._replies import _ReadLoopDispatch, _Replies
+from ._replies import _Replies
 from ._wire import _decode_command
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ class _Connection:
             return
         text = self.scrub(str(error) or type(error).__name__)
         client = self.nc if self.nc is not None else self._connecting
-        info: dict[str, Any] = getattr(client, "_server_info", None) or {}
+        info = internals.server_info(client)
         lowered = text.lower()
         refusal, certain = "", True
         if isinstance(error, AuthorizationError) or "authorization violation" in lowered:
@@ -145,9 +145,9 @@ class _Connection:
             certain = False
         if refusal:
             text = f"{refusal} ({text})"
-            if client is not None and client._transport is not None:
+            if client is not None:
                 # nats-py opens the next attempt's socket without closing this one.
-                client._transport.close()  # type: ignore[no-untyped-call]
+                internals.close_socket(client)
         if self.nc is None:  # the first connect: connect() reports the causes
             self.last_error = text
             if len(self.errors) < 32:
@@ -160,6 +160,7 @@ class _Connection:
                 task.cancel()  # retrying cannot help: end the first connect now
             self._event("error")
             return
+        give_up = False
         if not refusal:
             self.auth_failures = 0  # an outage between refusals: keep reconnecting
         else:
@@ -171,15 +172,17 @@ class _Connection:
                     f"NATS at {redact_url(self.config.url)} refused this client "
                     f"{self.auth_failures} times in a row while reconnecting: {refusal}"
                 )
-                # Make nats-py's own reconnect loop give up: a server that has
-                # failed more than max_reconnect_attempts times is dropped from
-                # the pool, and an empty pool closes the connection (closed_cb).
-                self.nc.options["max_reconnect_attempts"] = 1
-                for server in self.nc._server_pool:
-                    server.reconnects = max(server.reconnects, 2)
+                # nats-py's reconnect loop gives up and closes (closed_cb); without
+                # the internals for that, the watcher fails the provider itself.
+                give_up = not internals.available(self.nc)
+                if not give_up:
+                    internals.give_up_reconnecting(self.nc)
         self.last_error = text
         if not isinstance(error, UnexpectedEOF):  # the server closed the link: its
             self._event("error")  # disconnect is counted (once) in watch()
+        if give_up:
+            logger.error("%s", self.failure)  # (as _closed_cb does when nats-py closes)
+            self._event("closed")
 
     async def _disconnected_cb(self) -> None:
         self._event("disconnected")
@@ -229,15 +232,19 @@ class _Connection:
         nc = Client()
         task = asyncio.current_task()
         self._connecting, self._connect_task = nc, task
+        # Bounded attempts for the first connect: with -1 nats-py would retry
+        # forever and hide the cause. The configured policy applies afterwards
+        # (that switch needs nats-py internals: without them, the configured
+        # policy from the start, and connect_timeout bounds the first connect).
+        bounded = internals.available(nc)
+        first_wait = min(config.reconnect_wait, 0.1) if bounded else config.reconnect_wait
         try:
-            # Bounded attempts for the first connect: with -1 nats-py would retry
-            # forever and hide the cause. The configured policy applies afterwards.
             await nc.connect(
                 servers=servers,
                 name=config.cluster_id,
                 connect_timeout=config.connect_timeout,  # type: ignore[arg-type,unused-ignore]
-                reconnect_time_wait=min(config.reconnect_wait, 0.1),  # type: ignore[arg-type,unused-ignore]
-                max_reconnect_attempts=1,
+                reconnect_time_wait=first_wait,  # type: ignore[arg-type,unused-ignore]
+                max_reconnect_attempts=1 if bounded else config.max_reconnect_attempts,
                 allow_reconnect=True,
                 error_cb=self._error_cb,
                 disconnected_cb=self._disconnected_cb,
@@ -249,19 +256,17 @@ class _Connection:
             refused = self.refused and isinstance(exc, asyncio.CancelledError)
             if refused and task is not None:
                 task.uncancel()  # _error_cb cancelled the connect: the server refused us
-            if refused and nc._transport is not None:
+            if refused:
                 # (nats-py can wait forever for a transport whose TLS failed to close)
-                nc._transport.close()  # type: ignore[no-untyped-call]
+                internals.close_socket(nc)
             await nc.close()
             if refused:
                 raise ConnectError(self.refused) from None
             raise
         finally:
             self._connecting = self._connect_task = None
-        nc.options["max_reconnect_attempts"] = config.max_reconnect_attempts
-        nc.options["reconnect_time_wait"] = config.reconnect_wait
-        for server in nc._server_pool:
-            server.reconnects = 0
+        if bounded:
+            internals.set_reconnect_policy(nc, config.max_reconnect_attempts, config.reconnect_wait)
         return nc
 
     async def connect(self) -> None:
@@ -292,9 +297,9 @@ class _Connection:
         self.errors.clear()
         self.nc = nc
         self.connected = True
-        self.fast = _fast_path_available(nc)
+        self.fast = internals.available(nc)
         if self.fast:
-            self._read_raw(nc)
+            internals.take_raw_messages(nc)
         write = self._write if self.fast else self._write_public
         self.bridge.set_publisher(nc.publish, write, self._on_publish_error)
         if not config.jetstream.disabled:
@@ -312,42 +317,10 @@ class _Connection:
         size = 0
         for command in commands:
             size += len(command)
-        if not nc.is_connected and nc._pending_data_size + size > nc._max_pending_size:
+        if not await internals.write_pending(nc, commands, size):
             raise PublishError(
                 "disconnected and the reconnect buffer is full", unconfirmed=len(commands)
             )
-        nc._pending.extend(commands)
-        nc._pending_data_size += size
-        nc.stats["out_msgs"] += len(commands)
-        nc.stats["out_bytes"] += size
-        await nc._flush_pending(force_flush=nc._pending_data_size > nc._max_pending_size)
-
-    def _read_raw(self, nc: Client) -> None:
-        """Fast path: messages of the provider's own subscriptions (those made
-        with a :class:`_ReadLoopDispatch` that takes raw bytes) skip nats-py's
-        header parsing and ``Msg`` objects: its ``_process_msg`` is wrapped,
-        and hands every other message on unchanged."""
-        process: Any = nc._process_msg  # (it is given None for "no headers")
-        stats = nc.stats
-
-        async def process_msg(
-            sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-        ) -> None:
-            sub = nc._subs.get(sid)
-            if sub is not None:
-                dispatch: Any = sub._future
-                if type(dispatch) is _ReadLoopDispatch and dispatch.raw is not None:
-                    stats["in_msgs"] += 1
-                    stats["in_bytes"] += len(data)
-                    sub._received += 1
-                    try:
-                        dispatch.raw(subject, reply, data, headers)
-                    except Exception:
-                        logger.exception("handling a message from nats-py's read loop failed")
-                    return
-            await process(sid, subject, reply, data, headers)
-
-        cast(Any, nc)._process_msg = process_msg
 
     def send(self, commands: list[bytes]) -> None:
         """Send encoded commands in order with everything queued before (trio).
@@ -375,16 +348,10 @@ class _Connection:
 
     def _write_now(self, commands: list[bytes]) -> bool:
         nc = self.nc
-        if not self.fast or nc is None or nc._pending or not nc.is_connected:
+        if not self.fast or nc is None or not nc.is_connected or not self.bridge.idle:
             return False
-        if not self.bridge.idle:
-            return False
-        writer = getattr(nc._transport, "_io_writer", None)
-        if writer is None:  # not a stream transport (websocket): the flusher writes
-            return False
-        transport = writer.transport
-        # A socket that did not take everything yet: the flusher applies backpressure.
-        if transport.is_closing() or transport.get_write_buffer_size():
+        transport = internals.socket_writer(nc)
+        if transport is None:  # queued output, backpressure, or not a stream socket
             return False
         size = 0
         for command in commands:
@@ -393,9 +360,7 @@ class _Connection:
             return False
         data = commands[0] if len(commands) == 1 else b"".join(commands)
         transport.write(data)
-        stats = nc.stats
-        stats["out_msgs"] += len(commands)
-        stats["out_bytes"] += size
+        internals.count_out(nc, len(commands), size)
         return True
 
     async def _write_public(self, commands: list[bytes]) -> None:
@@ -519,7 +484,9 @@ class _Connection:
         nc = self.nc
         if nc is None or nc.is_closed:
             return
-        with trio.move_on_after(max(self.config.close_timeout, 0.1)):
+        # nats-py closes in milliseconds, unless its reconnect loop is stuck on
+        # a server that refuses us: then the bridge's close ends it.
+        with trio.move_on_after(min(max(self.config.close_timeout, 0.1), _CLOSE_LIMIT)):
             try:
                 await self.bridge.call(nc.close, grace=0.0)
             except Exception as exc:
@@ -539,7 +506,7 @@ def _no_jetstream(conn: _Connection, error: BaseException | None = None) -> str 
         "NoRespondersError",
     ):
         return None
-    info = getattr(conn.nc, "_server_info", None) or {}
+    info = internals.server_info(conn.nc)
     if info.get("jetstream"):
         return None
     return (

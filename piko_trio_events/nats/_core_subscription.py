@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 
 from .._message import _NACKED, UUID_HEADER, Delivery, Message
+from . import _internals as internals
 from ._limits import _CORE_BUFFER, _PENDING_BYTES, _PENDING_MSGS
 from ._names import queue_group
-from ._replies import _ReadLoopDispatch
 from ._subscription import _OPEN, NatsSubscription
 from ._wire import _metadata_of, _raw_metadata
 
@@ -45,19 +45,16 @@ class _CoreSubscription(NatsSubscription):
         assert nc is not None
         queue = "" if group is None else queue_group(conn.config.queue_group_prefix, group)
         self._overflow_bytes = 0  # payload bytes buffered past _CORE_BUFFER
-        if conn.fast:
-            callback, future = None, cast(Any, _ReadLoopDispatch(self._take, self._take_raw))
-        else:
-            callback, future = self._inbox.put, None
+        fast = conn.fast
         self._subscribing: Job[NatsSub] = self._bridge.submit_inline(
-            nc.subscribe,
+            internals.subscribe,
+            nc,
             self.pattern,
             queue,
-            callback,
-            future,
-            0,
             _PENDING_MSGS,
             _PENDING_BYTES,
+            internals.ReadLoopDispatch(self._take, self._take_raw) if fast else None,
+            None if fast else self._inbox.put,
         )
         # First deliveries share one Delivery per subject (str, or bytes as read).
         self._first: dict[str | bytes, Delivery] = {}

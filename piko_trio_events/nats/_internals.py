@@ -1,22 +1,288 @@
-"""Every nats-py internal the provider uses, behind one check."""
+"""Every nats-py internal the provider uses, behind one check.
+
+The provider drives nats-py through its public API, with one exception: the
+*fast path*, which writes framed commands into nats-py's outgoing buffer or
+straight to its socket, takes its own subscriptions' messages from the read
+loop as bytes, and tunes the reconnect policy after the first connect. Each
+of those touches nats-py internals, and every such touch is a function here.
+
+:func:`available` is the one check: it looks for every internal these
+functions use (client attributes, the classes' attributes, ``subscribe``'s
+``future`` parameter) and says no when one is missing, or when
+``PIKO_NATS_PUBLIC_PATH=1``. The provider calls the functions below only
+when it said yes; otherwise it runs on nats-py's public API alone (same
+bytes on the wire, slower), so a nats-py release that renames an internal
+costs speed, not correctness. ``tests/nats/test_internals.py`` is the canary:
+it fails when the nats-py in use lacks one of them.
+"""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, cast
 
-#: nats-py internals the fast publish path writes to (present in nats-py 2.16).
-_FAST_PATH_ATTRIBUTES: Final = (
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+__all__ = [
+    "ReadLoopDispatch",
+    "available",
+    "close_socket",
+    "count_out",
+    "give_up_reconnecting",
+    "missing",
+    "parse_header_lines",
+    "server_info",
+    "set_reconnect_policy",
+    "socket_writer",
+    "subscribe",
+    "take_raw_messages",
+    "write_pending",
+]
+
+logger = logging.getLogger("piko_trio_events.nats")
+
+#: Attributes of a ``nats.aio.client.Client`` instance the fast path uses.
+CLIENT_ATTRIBUTES: Final = (
     "_pending",
     "_pending_data_size",
     "_max_pending_size",
     "_flush_pending",
+    "_process_msg",
+    "_subs",
+    "_transport",
+    "_server_pool",
+    "_server_info",
+    "options",
     "stats",
 )
+#: Attributes the classes' ``__init__`` sets, by class (``module:Class``).
+INIT_ATTRIBUTES: Final = {
+    "nats.aio.subscription:Subscription": ("_future", "_received"),
+    "nats.aio.transport:TcpTransport": ("_io_writer",),
+}
+#: Other names: ``Client._parse_header_lines``, ``Srv.reconnects`` and the
+#: ``future`` parameter of ``Client.subscribe``.
+_missing_by_type: dict[type, tuple[str, ...]] = {}
 
 
-def _fast_path_available(nc: Any) -> bool:
-    """Whether encoded commands can go straight into ``nc``'s outgoing buffer."""
+def _class(path: str) -> Any:
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name, None)
+
+
+def missing(nc: Any) -> tuple[str, ...]:
+    """The internals ``nc`` (a nats-py ``Client``) lacks; empty when all are there."""
+    kind = type(nc)
+    known = _missing_by_type.get(kind)
+    if known is not None:
+        return known
+    gone = [name for name in CLIENT_ATTRIBUTES if not hasattr(nc, name)]
+    if not callable(getattr(kind, "_parse_header_lines", None)):
+        gone.append("Client._parse_header_lines")
+    subscribe = getattr(kind, "subscribe", None)
+    try:
+        if subscribe is None or "future" not in inspect.signature(subscribe).parameters:
+            gone.append("Client.subscribe(future=)")
+    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+        gone.append("Client.subscribe(future=)")
+    for path, names in INIT_ATTRIBUTES.items():
+        cls = _class(path)
+        init = getattr(cls, "__init__", None)
+        code = getattr(init, "__code__", None)
+        stored = code.co_names if code is not None else ()
+        gone += [f"{path.partition(':')[2]}.{name}" for name in names if name not in stored]
+    server_class = _class("nats.aio.client:Srv")
+    if "reconnects" not in getattr(server_class, "__dataclass_fields__", {}):
+        gone.append("Srv.reconnects")
+    result = _missing_by_type[kind] = tuple(gone)
+    return result
+
+
+def available(nc: Any) -> bool:
+    """Whether the fast path may run on ``nc``: every internal is there and
+    ``PIKO_NATS_PUBLIC_PATH`` is not ``1``."""
     if os.environ.get("PIKO_NATS_PUBLIC_PATH") == "1":
         return False
-    return all(hasattr(nc, name) for name in _FAST_PATH_ATTRIBUTES)
+    return not missing(nc)
+
+
+# -- writing -------------------------------------------------------------------------
+
+
+async def write_pending(nc: Client, commands: list[bytes], size: int) -> bool:
+    """Append framed commands to nats-py's outgoing buffer, as ``publish`` does
+    one at a time, and kick its flusher once. False (nothing appended) when
+    disconnected with the reconnect buffer full."""
+    if not nc.is_connected and nc._pending_data_size + size > nc._max_pending_size:
+        return False
+    nc._pending.extend(commands)
+    nc._pending_data_size += size
+    nc.stats["out_msgs"] += len(commands)
+    nc.stats["out_bytes"] += size
+    await nc._flush_pending(force_flush=nc._pending_data_size > nc._max_pending_size)
+    return True
+
+
+def socket_writer(nc: Client) -> Any:
+    """The asyncio transport to write to directly, or None: when nats-py's
+    outgoing buffer holds something (order), or the transport is not a
+    stream (websocket), closing, or still has bytes to send (backpressure)."""
+    if nc._pending:
+        return None
+    writer = getattr(nc._transport, "_io_writer", None)
+    if writer is None:
+        return None
+    transport = writer.transport
+    if transport.is_closing() or transport.get_write_buffer_size():
+        return None
+    return transport
+
+
+def count_out(nc: Client, messages: int, size: int) -> None:
+    """Count bytes written around nats-py in its statistics."""
+    stats = nc.stats
+    stats["out_msgs"] += messages
+    stats["out_bytes"] += size
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+class ReadLoopDispatch:
+    """Takes the place of the future of a subscription (nats-py's old-style
+    ``subscribe(future=...)``): nats-py hands each message of that
+    subscription to ``set_result`` inside its read loop, and this calls
+    ``callback`` at once. With :func:`take_raw_messages`, ``raw`` gets the
+    message as read (bytes), before nats-py parses its headers.
+
+    An error of either is logged, never raised: it would end the read loop.
+    """
+
+    __slots__ = ("_callback", "raw")
+
+    def __init__(
+        self,
+        callback: Callable[[Msg], None],
+        raw: Callable[[bytes, bytes, bytes, bytes | None], None] | None = None,
+    ) -> None:
+        self._callback = callback
+        #: ``raw(subject, reply, payload, headers)``, bytes as read.
+        self.raw = raw
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, msg: Msg) -> None:
+        try:
+            self._callback(msg)
+        except Exception:
+            logger.exception("handling a message from nats-py's read loop failed")
+
+
+async def subscribe(
+    nc: Client,
+    subject: str,
+    queue: str,
+    pending_msgs: int,
+    pending_bytes: int,
+    dispatch: ReadLoopDispatch | None,
+    callback: Callable[[Msg], Awaitable[None]] | None = None,
+) -> Any:
+    """Subscribe with ``dispatch`` as the subscription's future (fast path:
+    internal), or with ``callback`` (public API)."""
+    if dispatch is not None:
+        return await nc.subscribe(
+            subject, queue, None, cast(Any, dispatch), 0, pending_msgs, pending_bytes
+        )
+    return await nc.subscribe(
+        subject,
+        queue,
+        cb=callback,
+        pending_msgs_limit=pending_msgs,
+        pending_bytes_limit=pending_bytes,
+    )
+
+
+def take_raw_messages(nc: Client) -> None:
+    """Wrap nats-py's ``_process_msg``: a message of a subscription whose
+    future is a :class:`ReadLoopDispatch` with ``raw`` goes to ``raw`` as
+    bytes (no header parsing, no ``Msg``); every other message on unchanged."""
+    process: Any = nc._process_msg  # (it is given None for "no headers")
+    stats = nc.stats
+    subs = nc._subs
+
+    async def process_msg(
+        sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        sub = subs.get(sid)
+        if sub is not None:
+            dispatch: Any = sub._future
+            if type(dispatch) is ReadLoopDispatch and dispatch.raw is not None:
+                stats["in_msgs"] += 1
+                stats["in_bytes"] += len(data)
+                sub._received += 1
+                try:
+                    dispatch.raw(subject, reply, data, headers)
+                except Exception:
+                    logger.exception("handling a message from nats-py's read loop failed")
+                return
+        await process(sid, subject, reply, data, headers)
+
+    cast(Any, nc)._process_msg = process_msg
+
+
+def parse_header_lines(block: bytes) -> dict[str, str]:
+    """The header lines after ``NATS/1.0...`` of a raw header block, parsed as
+    nats-py parses them."""
+    from nats.aio.client import Client
+
+    parsed: dict[str, str] = Client._parse_header_lines(block)
+    return parsed
+
+
+# -- the connection ------------------------------------------------------------------
+
+
+# These two only read, and degrade to "nothing known" / "nothing done" when
+# the internal is gone: they run on the public path too.
+
+
+def server_info(client: Client | None) -> dict[str, Any]:
+    """The server's INFO as the client last read it (``{}`` if unknown)."""
+    return cast(dict[str, Any], getattr(client, "_server_info", None) or {})
+
+
+def close_socket(client: Client) -> None:
+    """Close the client's socket now (nats-py opens the next attempt's socket
+    without closing a refused one, and can wait forever on a failed TLS one)."""
+    transport = getattr(client, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
+def set_reconnect_policy(nc: Client, max_attempts: int, wait: float) -> None:
+    """After a first connect made with bounded attempts: the configured policy,
+    with every server's attempt count reset."""
+    nc.options["max_reconnect_attempts"] = max_attempts
+    nc.options["reconnect_time_wait"] = wait
+    for server in nc._server_pool:
+        server.reconnects = 0
+
+
+def give_up_reconnecting(nc: Client) -> None:
+    """Make nats-py's own reconnect loop give up: a server that failed more than
+    ``max_reconnect_attempts`` times leaves the pool, and an empty pool closes
+    the connection (its ``closed_cb`` runs)."""
+    nc.options["max_reconnect_attempts"] = 1
+    for server in nc._server_pool:
+        server.reconnects = max(server.reconnects, 2)

@@ -47,3 +47,5 @@ _ACK_TIMEOUT: Final = 5.0
 
 #: How long JetStream API requests wait (seconds).
 _API_TIMEOUT: Final = 5.0
+#: The longest nats-py's ``close`` may take at the end of the drain (seconds).
+_CLOSE_LIMIT: Final = 2.0

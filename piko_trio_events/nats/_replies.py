@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import trio
 
+from . import _internals as internals
 from ._limits import _PENDING_BYTES, _PENDING_MSGS
 
 if TYPE_CHECKING:
@@ -68,40 +68,6 @@ class _Waiter:
             await self._done.wait()
 
 
-class _ReadLoopDispatch:
-    """Takes the place of the future of a subscription (nats-py's old-style
-    request): nats-py's read loop calls ``set_result`` with every message of
-    that subscription, and this calls ``callback`` at once (fast path only).
-    With ``raw``, the connection's read path (see ``_Connection._read_raw``)
-    hands it the message's bytes instead, before nats-py parses its headers.
-
-    An error of either is logged, never raised: it would end the read loop.
-    """
-
-    __slots__ = ("_callback", "raw")
-
-    def __init__(
-        self,
-        callback: Callable[[Msg], None],
-        raw: Callable[[bytes, bytes, bytes, bytes | None], None] | None = None,
-    ) -> None:
-        self._callback = callback
-        #: ``raw(subject, reply, payload, headers)``, bytes as read.
-        self.raw = raw
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return False
-
-    def set_result(self, msg: Msg) -> None:
-        try:
-            self._callback(msg)
-        except Exception:
-            logger.exception("handling a message from nats-py's read loop failed")
-
-
 class _Replies:
     """One inbox subscription collecting the replies of JetStream publishes and
     confirmed acks, counted per batch: no asyncio future per message (each
@@ -118,23 +84,18 @@ class _Replies:
         nc = conn.nc
         assert nc is not None
         self._prefix = nc.new_inbox() + "."
-        if conn.fast:
-            # nats-py hands a message for a subscription made with a future to
-            # ``future.set_result`` inside its read loop; this stand-in takes
-            # each reply there, sparing the subscription task's scheduling round.
-            dispatch = _ReadLoopDispatch(self._on_reply_now, self._on_reply_raw)
-            callback, future = None, cast(Any, dispatch)
-        else:
-            callback, future = self._on_reply, None
+        # On the fast path nats-py hands each reply to this stand-in future
+        # inside its read loop, sparing the subscription task's scheduling round.
+        fast = conn.fast
         await conn.bridge.call(
-            nc.subscribe,
+            internals.subscribe,
+            nc,
             self._prefix + ">",
             "",
-            callback,
-            future,
-            0,
             _PENDING_MSGS,
             _PENDING_BYTES,
+            internals.ReadLoopDispatch(self._on_reply_now, self._on_reply_raw) if fast else None,
+            None if fast else self._on_reply,
         )
 
     def expect(self, count: int) -> _Waiter:

@@ -21,7 +21,7 @@ task, no queue.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -52,8 +52,8 @@ class NatsRequests:
         self._deliver: Deliver | None = None
 
     async def open_inbox(self, deliver: Deliver) -> None:
+        from . import _internals as internals
         from ._limits import _PENDING_BYTES, _PENDING_MSGS
-        from ._replies import _ReadLoopDispatch
 
         conn = self._conn
         nc = conn.nc
@@ -61,20 +61,17 @@ class NatsRequests:
             raise ProviderClosedError("cannot open a reply inbox: the provider is closed")
         self._prefix = nc.new_inbox()
         self._deliver = deliver
-        if conn.fast:
-            callback, future = None, cast(Any, _ReadLoopDispatch(self._on_msg, self._on_raw))
-        else:
-            callback, future = self._on_msg_async, None
+        fast = conn.fast
         # Queued in order with publishes: a request sent after this cannot overtake it.
         job = conn.bridge.submit_inline(
-            nc.subscribe,
+            internals.subscribe,
+            nc,
             self._prefix + ".*",
             "",
-            callback,
-            future,
-            0,
             _PENDING_MSGS,
             _PENDING_BYTES,
+            internals.ReadLoopDispatch(self._on_msg, self._on_raw) if fast else None,
+            None if fast else self._on_msg_async,
         )
         # Shielded: a request cancelled now must not leave the subscription unknown.
         with trio.CancelScope(shield=True, deadline=trio.current_time() + _SUBSCRIBE_LIMIT):

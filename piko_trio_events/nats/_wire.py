@@ -12,6 +12,7 @@ from typing import Final
 from .._errors import InvalidMessageError
 from .._message import UUID_HEADER, Message, checked_payload
 from .._uuid import new_uuid
+from . import _internals as internals
 
 
 def _check_message(msg: object) -> None:
@@ -93,10 +94,8 @@ def _raw_metadata(headers: bytes | None) -> tuple[str, dict[str, str]]:
         if end == len(headers) - 4:
             uuid = headers[start:end].strip().decode("utf-8", "replace")
             return uuid or new_uuid(), {}
-    from nats.aio.client import Client
-
     first = headers.find(b"\r\n")
-    parsed = Client._parse_header_lines(headers[first + 2 :]) if first >= 0 else {}
+    parsed = internals.parse_header_lines(headers[first + 2 :]) if first >= 0 else {}
     return _metadata_of(parsed)
 
 

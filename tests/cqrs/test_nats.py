@@ -107,8 +107,7 @@ async def test_a_remote_error_is_a_request_error(nats_server: NatsServer, core: 
 async def test_core_nats_says_at_once_that_no_one_serves_a_request(
     nats_server: NatsServer, public_path: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if public_path:
-        monkeypatch.setenv("PIKO_NATS_PUBLIC_PATH", "1")
+    monkeypatch.setenv("PIKO_NATS_PUBLIC_PATH", "1" if public_path else "0")
     with trio.fail_after(30):
         async with provider_of(nats_server, True) as provider:
             assert provider._conn.fast is not public_path

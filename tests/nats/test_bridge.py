@@ -15,9 +15,9 @@ from piko_trio_events import JetStreamConfig, Message, NatsConfig, ProviderClose
 from piko_trio_events.nats import (
     _connection,
     _core_subscription,
+    _internals,
     _limits,
     _publisher,
-    _replies,
     open_nats_provider,
 )
 from piko_trio_events.nats._bridge import Bridge, Inbox
@@ -139,37 +139,6 @@ async def test_a_job_cut_off_by_closing_raises_provider_closed() -> None:
             await bridge.aclose()
             with pytest.raises(ProviderClosedError):
                 await job.wait()
-
-
-def test_the_nats_py_internals_of_the_fast_path_exist() -> None:
-    """The core publish fast path writes into nats-py's outgoing buffer (or its
-    transport's stream writer); the read path wraps ``_process_msg`` and finds
-    its subscriptions' dispatchers as their ``_future``."""
-    import inspect
-
-    from nats.aio.client import Client
-    from nats.aio.subscription import Subscription
-    from nats.aio.transport import TcpTransport
-    from nats.protocol.parser import Parser
-
-    nc = Client()
-    for name in ("_pending", "_pending_data_size", "_max_pending_size", "stats", "_subs"):
-        assert hasattr(nc, name), name
-    assert callable(Client._flush_pending)
-    assert "_io_writer" in vars(TcpTransport())  # type: ignore[no-untyped-call]
-    assert list(inspect.signature(Client._process_msg).parameters) == [
-        "self",
-        "sid",
-        "subject",
-        "reply",
-        "data",
-        "headers",
-    ]
-    assert "self.nc._process_msg(" in inspect.getsource(Parser.parse)
-    assert "sub._future.set_result(msg)" in inspect.getsource(Client._process_msg)
-    sub = Subscription(nc, 1, "s", future=cast(Any, object()))
-    assert sub._received == 0
-    assert callable(Client._parse_header_lines)
 
 
 async def test_the_byte_bound_keeps_batches_of_large_commands_small() -> None:
@@ -345,7 +314,7 @@ def test_an_error_in_a_read_loop_callback_is_logged_not_raised(
     def broken(msg: Any) -> None:
         raise RuntimeError("boom")
 
-    dispatch = _replies._ReadLoopDispatch(broken)
+    dispatch = _internals.ReadLoopDispatch(broken)
     assert not dispatch.cancelled()
     dispatch.set_result(cast(Any, object()))
     assert "boom" in caplog.text

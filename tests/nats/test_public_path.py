@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from piko_trio_events import Message
-from piko_trio_events.nats._internals import _fast_path_available
 from piko_trio_events.nats._wire import _decode_command, _encode
 from piko_trio_events.testing import metadata, topics
 
@@ -34,23 +32,3 @@ def test_decode_inverts_encode(
 
 def test_decode_plain_pub() -> None:
     assert _decode_command(b"PUB a.b _INBOX.r 4\r\n+ACK\r\n") == ("a.b", "_INBOX.r", None, b"+ACK")
-
-
-def test_path_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Full:
-        _pending: list[bytes] = []  # noqa: RUF012
-        _pending_data_size = 0
-        _max_pending_size = 0
-        stats: dict[str, int] = {}  # noqa: RUF012
-
-        async def _flush_pending(self) -> None:  # pragma: no cover
-            pass
-
-    class Bare:
-        pass
-
-    monkeypatch.delenv("PIKO_NATS_PUBLIC_PATH", raising=False)
-    assert _fast_path_available(Full())
-    assert not _fast_path_available(Bare())
-    monkeypatch.setenv("PIKO_NATS_PUBLIC_PATH", "1")
-    assert not _fast_path_available(Full())

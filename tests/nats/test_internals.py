@@ -1,0 +1,111 @@
+"""nats-py internals: the canary, the one check, and a fallback that needs none."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, cast
+
+import pytest
+import trio
+
+from piko_trio_events import JetStreamConfig, Message, NatsConfig
+from piko_trio_events.nats import _internals as internals
+from piko_trio_events.nats import open_nats_provider
+from piko_trio_events.testing._server import NatsServer
+
+
+def test_the_nats_py_in_use_has_every_internal_the_fast_path_uses() -> None:
+    """The canary: fails (naming them) when a nats-py release drops one."""
+    from nats.aio.client import Client
+    from nats.aio.subscription import Subscription
+    from nats.protocol.parser import Parser
+
+    nc = Client()
+    assert internals.missing(nc) == ()
+    # How they are used, beyond being there:
+    assert list(inspect.signature(Client._process_msg).parameters) == [
+        "self",
+        "sid",
+        "subject",
+        "reply",
+        "data",
+        "headers",
+    ]
+    assert "self.nc._process_msg(" in inspect.getsource(Parser.parse)
+    assert "sub._future.set_result(msg)" in inspect.getsource(Client._process_msg)
+    sub = Subscription(nc, 1, "s", future=cast(Any, object()))
+    assert sub._received == 0
+
+
+def test_one_missing_internal_turns_the_fast_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nats.aio.client import Client
+
+    class Renamed(Client):
+        """A nats-py whose outgoing buffer was renamed."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            del self._pending_data_size
+
+    monkeypatch.delenv("PIKO_NATS_PUBLIC_PATH", raising=False)
+    assert internals.available(Client())
+    assert internals.missing(Renamed()) == ("_pending_data_size",)
+    assert not internals.available(Renamed())
+    monkeypatch.setenv("PIKO_NATS_PUBLIC_PATH", "1")
+    assert not internals.available(Client())
+
+
+@pytest.fixture
+def no_internals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nats-py without the internals: the check says so, and every function
+    that touches one fails the test if it is called anyway."""
+    monkeypatch.delenv("PIKO_NATS_PUBLIC_PATH", raising=False)
+    monkeypatch.setattr(internals, "missing", lambda nc: ("a renamed internal",))
+
+    def forbidden(name: str) -> Any:
+        def call(*args: object, **kwargs: object) -> Any:
+            raise AssertionError(f"internals.{name} called on the public path")
+
+        return call
+
+    for name in (
+        "write_pending",
+        "socket_writer",
+        "count_out",
+        "take_raw_messages",
+        "parse_header_lines",
+        "set_reconnect_policy",
+        "give_up_reconnecting",
+    ):
+        monkeypatch.setattr(internals, name, forbidden(name))
+    real_subscribe = internals.subscribe
+
+    async def subscribe(*args: Any) -> Any:
+        assert args[5] is None, "a read-loop dispatch on the public path"
+        return await real_subscribe(*args)
+
+    monkeypatch.setattr(internals, "subscribe", subscribe)
+
+
+@pytest.mark.parametrize("jetstream", [False, True], ids=["core", "jetstream"])
+@pytest.mark.usefixtures("no_internals")
+async def test_without_the_internals_the_provider_runs_on_the_public_api(
+    nats_server: NatsServer, jetstream: bool
+) -> None:
+    config = NatsConfig(url=nats_server.url, jetstream=JetStreamConfig(disabled=not jetstream))
+    sent = [Message(b"%d" % i, {"k": str(i)}) for i in range(50)]
+    with trio.fail_after(20):
+        async with (
+            open_nats_provider(config) as provider,
+            provider.subscriber.subscribe("fallback.x", group="g") as channel,
+        ):
+            assert not provider._conn.fast
+            await provider.publisher.publish("fallback.x", *sent)
+            got = []
+            for _ in sent:
+                msg = await channel.receive()
+                assert await msg.ack()
+                got.append(msg)
+    assert [(m.uuid, m.payload, m.metadata) for m in got] == [
+        (m.uuid, m.payload, m.metadata) for m in sent
+    ]
