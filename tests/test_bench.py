@@ -186,8 +186,7 @@ def test_lower_is_better_targets_and_extra_columns() -> None:
 
 
 def test_percentiles_nearest_rank() -> None:
-    pytest.importorskip("nats")
-    from piko_trio_events.nats._bench import percentiles
+    from piko_trio_events.bench._stats import percentiles
 
     got = percentiles([float(i) for i in range(1000, 0, -1)])
     assert (got["p50_us"], got["p99_us"], got["p999_us"], got["max_us"]) == (500, 990, 999, 1000)

@@ -45,8 +45,12 @@ from .. import (
     open_nats_provider,
 )
 from ._runner import Column, Contender, Scenario, Target
+from ._stats import percentiles
 
 __all__ = ["request_scenario", "throughput_scenario"]
+
+#: The raw nats-py and FastStream contenders of ``cqrs-request``.
+_PEER = "piko_trio_events.bench._peer_cqrs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +109,10 @@ def request_scenario(messages: int, timeout: float) -> Scenario:
             " piko: CommandBus.request, typed both ways)"
         ),
         contenders=(
-            Contender(RAW, "piko_trio_events.nats._bench_cqrs:run_raw_request", requires=("nats",)),
+            Contender(RAW, f"{_PEER}:run_raw_request", requires=("nats",)),
             Contender(
                 FASTSTREAM,
-                "piko_trio_events.nats._bench_cqrs:run_faststream_request",
+                f"{_PEER}:run_faststream_request",
                 requires=("faststream", "nats"),
             ),
             Contender("piko", f"{__name__}:run_request", requires=("nats", "trio_asyncio")),
@@ -264,7 +268,6 @@ def run_request(params: Mapping[str, Any]) -> dict[str, Any]:
 
 async def _request(params: Mapping[str, Any]) -> dict[str, Any]:
     from ..cqrs import CommandBus, default_topic
-    from ..nats._bench import percentiles
 
     count, warmup = int(params["messages"]), int(params["warmup"])
     config = NatsConfig(url=str(params["url"]), jetstream=JetStreamConfig(disabled=True))

@@ -6,10 +6,10 @@ contenders, each of which runs in its own interpreter:
 
 - ``raw-nats-py``: nats-py on asyncio written the natural way, with a fresh
   ``str(uuid4())`` in the library's uuid header on every message
-  (:mod:`piko_trio_events.nats._bench`);
+  (:mod:`._peer_nats_py`);
 - ``faststream``: FastStream's ``NatsBroker`` (skipped when ``faststream`` is
   not installed; ``n/a`` where it has no equivalent API)
-  (:mod:`piko_trio_events.nats._bench_faststream`);
+  (:mod:`._peer_faststream`);
 - ``piko``: this library's NATS provider on trio, through the router
   (:mod:`._nats_piko`).
 
@@ -38,8 +38,8 @@ RAW = "raw-nats-py"
 FASTSTREAM = "faststream"
 PIKO = "piko"
 
-_RAW = "piko_trio_events.nats._bench"
-_FS = "piko_trio_events.nats._bench_faststream"
+_RAW = "piko_trio_events.bench._peer_nats_py"
+_FS = "piko_trio_events.bench._peer_faststream"
 _PIKO = "piko_trio_events.bench._nats_piko"
 
 
