@@ -7,6 +7,7 @@ with this library's contenders in :mod:`._nats_piko`, :mod:`._cqrs`), and
 :mod:`._plot` for the PNG. The peer contenders, raw nats-py
 (:mod:`._peer_nats_py`) and FastStream (:mod:`._peer_faststream`,
 :mod:`._peer_cqrs`), are the only modules here that import asyncio or
-nats-py: each runs alone in its own interpreter. :mod:`._stats` holds the
-latency percentiles every contender reports.
+nats-py: each runs alone in its own interpreter. :mod:`._server` starts the
+nats-server of a NATS scenario (with :func:`piko_trio_events.testing.open_nats_server`),
+:mod:`._stats` holds the latency percentiles every contender reports.
 """

@@ -45,6 +45,7 @@ from .. import (
     open_nats_provider,
 )
 from ._runner import Column, Contender, Scenario, Target
+from ._server import nats_server
 from ._stats import percentiles
 
 __all__ = ["request_scenario", "throughput_scenario"]
@@ -75,8 +76,6 @@ ORDER = Order(1, "customer-0001", "sku-000042", 3, 19.99)
 
 def throughput_scenario(kind: str, messages: int, timeout: float) -> Scenario:
     """``cqrs-memory`` (kind ``memory``) or ``cqrs-core`` (kind ``core``)."""
-    from ._nats import nats_server
-
     where = "the memory provider" if kind == "memory" else "core NATS"
     contenders = tuple(
         Contender(name, f"{__name__}:run_{name.replace('-', '_')}", requires=requires)
@@ -98,7 +97,7 @@ def throughput_scenario(kind: str, messages: int, timeout: float) -> Scenario:
 
 
 def request_scenario(messages: int, timeout: float) -> Scenario:
-    from ._nats import FASTSTREAM, LATENCY_COLUMNS, RAW, nats_server
+    from ._nats import FASTSTREAM, LATENCY_COLUMNS, RAW
 
     body = dataclasses.asdict(ORDER)
     return Scenario(
