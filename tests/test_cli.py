@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import trio
 
@@ -258,6 +261,34 @@ async def test_help_of_each_command() -> None:
     top = await cli("--help")
     for name in (b"demo", b"publish", b"subscribe", b"streams", b"bench"):
         assert name in top.stdout
+
+
+def _helps(parser: argparse.ArgumentParser, prog: str) -> Iterator[tuple[str, str]]:
+    """``(command, help text)`` of ``parser`` and of every subcommand under it."""
+    yield prog, parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _helps(sub, f"{prog} {name}")
+
+
+#: reST that must not reach a terminal: inline literals, roles, links, directives.
+_REST = re.compile(r"``|:[a-z]+(:[a-z]+)?:`|`_|^\s*\.\. ", re.M)
+
+
+def test_every_help_text_is_plain_text() -> None:
+    """What ``--help`` prints, for every command and every bench scenario, has no reST."""
+    from piko_trio_events.__main__ import _parser
+    from piko_trio_events.bench.__main__ import parser as bench_parser
+
+    helps = [*_helps(_parser(), "piko-events"), *_helps(bench_parser(), "piko-events bench")]
+    names = {command for command, _ in helps}
+    assert {"piko-events demo", "piko-events streams", "piko-events bench nats"} <= names
+    markup = {
+        command: [line for line in text.splitlines() if _REST.search(line)]
+        for command, text in helps
+    }
+    assert {command: lines for command, lines in markup.items() if lines} == {}
 
 
 async def test_sigterm_interrupts_a_publish_from_stdin_with_exit_130() -> None:

@@ -45,8 +45,13 @@ from .. import (
     open_nats_provider,
 )
 from ._runner import Column, Contender, Scenario, Target
+from ._server import nats_server
+from ._stats import percentiles
 
 __all__ = ["request_scenario", "throughput_scenario"]
+
+#: The raw nats-py and FastStream contenders of ``cqrs-request``.
+_PEER = "piko_trio_events.bench._peer_cqrs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +76,6 @@ ORDER = Order(1, "customer-0001", "sku-000042", 3, 19.99)
 
 def throughput_scenario(kind: str, messages: int, timeout: float) -> Scenario:
     """``cqrs-memory`` (kind ``memory``) or ``cqrs-core`` (kind ``core``)."""
-    from ._nats import nats_server
-
     where = "the memory provider" if kind == "memory" else "core NATS"
     contenders = tuple(
         Contender(name, f"{__name__}:run_{name.replace('-', '_')}", requires=requires)
@@ -94,7 +97,7 @@ def throughput_scenario(kind: str, messages: int, timeout: float) -> Scenario:
 
 
 def request_scenario(messages: int, timeout: float) -> Scenario:
-    from ._nats import FASTSTREAM, LATENCY_COLUMNS, RAW, nats_server
+    from ._nats import FASTSTREAM, LATENCY_COLUMNS, RAW
 
     body = dataclasses.asdict(ORDER)
     return Scenario(
@@ -105,10 +108,10 @@ def request_scenario(messages: int, timeout: float) -> Scenario:
             " piko: CommandBus.request, typed both ways)"
         ),
         contenders=(
-            Contender(RAW, "piko_trio_events.nats._bench_cqrs:run_raw_request", requires=("nats",)),
+            Contender(RAW, f"{_PEER}:run_raw_request", requires=("nats",)),
             Contender(
                 FASTSTREAM,
-                "piko_trio_events.nats._bench_cqrs:run_faststream_request",
+                f"{_PEER}:run_faststream_request",
                 requires=("faststream", "nats"),
             ),
             Contender("piko", f"{__name__}:run_request", requires=("nats", "trio_asyncio")),
@@ -264,7 +267,6 @@ def run_request(params: Mapping[str, Any]) -> dict[str, Any]:
 
 async def _request(params: Mapping[str, Any]) -> dict[str, Any]:
     from ..cqrs import CommandBus, default_topic
-    from ..nats._bench import percentiles
 
     count, warmup = int(params["messages"]), int(params["warmup"])
     config = NatsConfig(url=str(params["url"]), jetstream=JetStreamConfig(disabled=True))

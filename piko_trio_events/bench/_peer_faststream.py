@@ -1,6 +1,6 @@
-"""Benchmark contenders: FastStream's ``NatsBroker`` (an optional ``bench`` extra).
+"""Peer contenders: FastStream's ``NatsBroker`` (an optional ``bench`` extra).
 
-The same scenarios as :mod:`._bench`, written as a FastStream user would:
+The same scenarios as :mod:`._peer_nats_py`, written as a FastStream user would:
 ``@broker.subscriber`` handlers taking the body as ``bytes``,
 ``broker.publish`` with the same uuid header, JetStream through ``JStream``
 and a pull subscriber (``PullSub``) with FastStream's default ack after the
@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import uuid4
 
-from ._bench import FETCH_BATCH, _headers, _run, _wait, fill, percentiles
+from ._peer_nats_py import FETCH_BATCH, _headers, _run, _wait, fill
+from ._stats import percentiles
 
 __all__ = ["run_core", "run_js_consume", "run_js_publish", "run_latency"]
 

@@ -1,14 +1,16 @@
-"""Benchmark contenders: raw nats-py on asyncio, written the natural way.
+"""Peer contenders: raw nats-py on asyncio, written the natural way.
 
 Each ``run_*`` function is a contender of a NATS scenario of
-:mod:`piko_trio_events.bench` (see :mod:`piko_trio_events.bench._nats`): it
-runs alone in a fresh interpreter, takes the scenario's parameters and
-returns ``{"messages": n, "seconds": s, ...}`` for the timed part only. It
-does the same work on the wire as the library: a fresh ``str(uuid4())`` in
-the ``_watermill_message_uuid`` header of every message it publishes.
+:mod:`piko_trio_events.bench` (see :mod:`._nats`): it runs alone in a fresh
+interpreter, takes the scenario's parameters and returns
+``{"messages": n, "seconds": s, ...}`` for the timed part only. It does the
+same work on the wire as the library: a fresh ``str(uuid4())`` in the
+``_watermill_message_uuid`` header of every message it publishes.
 
-They live here, beside the bridge, because asyncio and nats-py may only be
-imported inside :mod:`piko_trio_events.nats`.
+A peer contender (a ``_peer_*`` module) is, with :mod:`piko_trio_events.nats`,
+the only code that imports asyncio or nats-py; it uses nothing of this
+library but the uuid header's name. The other peers reuse this module's
+helpers (``_run``, ``_wait``, ``_headers``, ``_connect``, ``fill``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any
 from uuid import uuid4
 
 from .._message import UUID_HEADER
+from ._stats import percentiles
 
 __all__ = [
-    "percentiles",
     "run_core",
     "run_js_consume",
     "run_js_publish",
@@ -32,25 +34,6 @@ __all__ = [
 
 #: Messages a JetStream pull asks for at once (the library's consumer pulls as many).
 FETCH_BATCH = 256
-
-
-def percentiles(samples_us: list[float]) -> dict[str, float]:
-    """p50 / p99 / p99.9 (nearest rank) and the maximum, in microseconds."""
-    ordered = sorted(samples_us)
-    if not ordered:
-        raise RuntimeError("no latency samples")
-
-    def rank(q: float) -> float:
-        index = min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))
-        return round(ordered[index], 1)
-
-    return {
-        "p50_us": rank(0.50),
-        "p99_us": rank(0.99),
-        "p999_us": rank(0.999),
-        "max_us": round(ordered[-1], 1),
-        "samples": len(ordered),
-    }
 
 
 def _run(

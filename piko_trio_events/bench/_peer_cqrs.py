@@ -1,10 +1,10 @@
-"""Benchmark contenders of the cqrs request/reply scenario: raw nats-py and FastStream.
+"""Peer contenders of the cqrs request/reply scenario: raw nats-py and FastStream.
 
 ``nc.request`` against a subscription that answers with ``msg.respond`` (one
 connection), and FastStream's ``broker.request`` against a subscriber that
 returns its decoded JSON body: round trips one after another, each timed.
-They live here because asyncio and nats-py may only be imported inside
-:mod:`piko_trio_events.nats`; the trio side is ``piko_trio_events.bench._cqrs``.
+A peer contender (a ``_peer_*`` module) may import asyncio, nats-py and
+FastStream; the trio side is :mod:`._cqrs`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import uuid4
 
-from ._bench import _connect, _run, percentiles
+from ._peer_nats_py import _connect, _run
+from ._stats import percentiles
 
 __all__ = ["run_faststream_request", "run_raw_request"]
 
