@@ -1,4 +1,10 @@
-"""The drain every provider shares: one budget, cut into its steps' deadlines.
+"""The lifecycle every provider shares: start, run, and a drain under one budget.
+
+A provider is a list of its own steps (:class:`ProviderSteps`): what starts
+before the router, what drains after it, what undoes a failed start. Around
+them, :func:`run_provider` does what every provider does the same way: its
+nursery, the router's start, the metrics, the running flag, one exception
+policy (a single error leaves the block unwrapped), and the drain.
 
 A provider closes in order: the router (stop intake, let in-flight handlers
 finish, cancel the rest), then the provider's own steps (for NATS:
@@ -25,14 +31,30 @@ begins:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from ._router import Router
+from ._util import single_error
 
-__all__ = ["DrainReport", "DrainStep", "drain", "reserve", "unwind_reserve"]
+if TYPE_CHECKING:
+    from ._metrics import ProviderMetrics
+    from ._provider_base import ProviderBase
+
+__all__ = [
+    "DrainReport",
+    "DrainStep",
+    "ProviderSteps",
+    "drain",
+    "reserve",
+    "run_provider",
+    "unwind_reserve",
+]
 
 logger = logging.getLogger("piko_trio_events")
 
@@ -125,3 +147,75 @@ async def _run_step(
     if scope.cancelled_caught:
         report.failed.append(name)
         logger.warning("drain step %r ran out of its share of the close budget", name)
+
+
+class ProviderSteps(Protocol):
+    """A provider's own steps, around the router's (the internal interface
+    between a provider and :func:`run_provider`)."""
+
+    #: The whole drain's budget in seconds (the provider's close timeout).
+    budget: float
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start what runs before the router (services in ``nursery``, the
+        connection). Raising fails the start: :meth:`abort` follows."""
+
+    async def abort(self) -> None:
+        """Undo a start that failed (shielded, within the budget)."""
+
+    def drain_steps(self) -> Sequence[DrainStep]:
+        """The steps after the router, in order (called when the drain begins)."""
+
+    def stop(self) -> None:
+        """After the drain (or a failed start): stop the provider's own
+        background tasks; no awaiting."""
+
+
+@asynccontextmanager
+async def run_provider(
+    provider: ProviderBase[Any, Any],
+    steps: ProviderSteps,
+    metrics: ProviderMetrics | None = None,
+    scrub: Callable[[str], str] = str,
+) -> AsyncIterator[None]:
+    """Run ``provider`` for the duration of the block: its steps' start, then
+    the router's; on leaving (normally, by an error, or because an enclosing
+    scope was cancelled), the shielded :func:`drain` of the router and the
+    steps within ``steps.budget``, then ``steps.stop()``.
+
+    An error of one task (or of the block) leaves unwrapped, not as an
+    exception group of one.
+    """
+    router = provider.router
+    started = time.perf_counter()
+    with single_error():
+        async with trio.open_nursery() as nursery:
+            try:
+                await steps.start(nursery)
+                await nursery.start(router._run)
+            except BaseException:
+                if metrics is not None:
+                    metrics.start_error_count.add(1)
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + steps.budget
+                    await steps.abort()
+                router._cancel()
+                steps.stop()
+                raise
+            if metrics is not None:
+                metrics.start_count.add(1)
+                metrics.start_duration.record((time.perf_counter() - started) * 1000)
+            provider._set_running(True)
+            try:
+                yield
+            finally:
+                provider._set_running(False)
+                closing = time.perf_counter()
+                report = await drain(router, steps.drain_steps(), budget=steps.budget, scrub=scrub)
+                router._cancel()
+                steps.stop()
+                if metrics is not None:
+                    if not report.ok:
+                        metrics.close_error_count.add(1)
+                    metrics.close_count.add(1)
+                    metrics.close_duration.record((time.perf_counter() - closing) * 1000)

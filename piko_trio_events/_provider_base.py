@@ -37,3 +37,7 @@ class ProviderBase(Generic[P, S]):
     def running(self) -> bool:
         """True from start until the drain begins."""
         return self._running
+
+    def _set_running(self, running: bool) -> None:
+        """The lifecycle's: true once started, false when the drain begins."""
+        self._running = running

@@ -392,6 +392,10 @@ class Router:
             self._closed = True
             self._done.set()
 
+    def _cancel(self) -> None:
+        """Cancel every handler task now (after the drain, or a failed start)."""
+        self._run_scope.cancel()
+
     async def _close(self, handlers_until: float | None = None) -> None:
         """Drain: stop intake, let in-flight handlers finish until
         ``handlers_until`` (trio time; by default ``close_timeout`` from now),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,13 +28,12 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 from .._abc import StartPosition, validate_prefetch, validate_start
 from .._config import MemoryConfig
 from .._errors import ConfigError, ProviderClosedError, PublishError
-from .._lifecycle import DrainStep, drain
+from .._lifecycle import DrainStep, run_provider
 from .._message import _NACKED, Delivery, Message, checked_payload, validate_metadata
 from .._metrics import ProviderMetrics, provider_metrics
 from .._provider_base import ProviderBase
 from .._router import Router
 from .._topics import is_wildcard, topic_matches, validate_topic
-from .._util import single_error
 from ._queue import GroupQueue
 
 __all__ = [
@@ -610,21 +608,38 @@ class MemoryProvider(ProviderBase[MemoryPublisher, MemorySubscriber]):
     def __repr__(self) -> str:
         return f"<MemoryProvider running={self._running} config={self.config!r}>"
 
-    async def _drain(self) -> bool:
-        """router → subscriber → publisher → queues (see the module docs),
-        within the router's ``close_timeout``. True if every step completed."""
-        report = await drain(
-            self._router,
-            [DrainStep("subscriptions and queues", self._end)],
-            budget=self.config.router.close_timeout,
-        )
-        return report.ok
+
+class _MemorySteps:
+    """The memory provider's own steps around the router's (see
+    :class:`piko_trio_events._lifecycle.ProviderSteps`). One budget, the
+    router's ``close_timeout``: the steps after the router take no time."""
+
+    def __init__(self, config: MemoryConfig, broker: _Broker, subscriber: MemorySubscriber) -> None:
+        self.budget = config.router.close_timeout
+        self._broker = broker
+        self._subscriber = subscriber
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self._broker.run_scheduler)
+
+    async def abort(self) -> None:
+        self._broker.close()
+        await trio.lowlevel.checkpoint()
+
+    def drain_steps(self) -> list[DrainStep]:
+        return [DrainStep("subscriptions and queues", self._end)]
 
     async def _end(self) -> None:
+        """subscriber (end open subscriptions) → publisher (closed) → queues
+        (what no group received is reported)."""
         self._subscriber._end_all()
         self._broker.publishing_closed = True
         self._broker.close()
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def stop(self) -> None:
+        if not self._broker.closed:  # the drain ran out of time before its last step
+            self._broker.close()
 
 
 @asynccontextmanager
@@ -644,36 +659,10 @@ async def open_memory_provider(config: MemoryConfig | None = None) -> AsyncItera
     if not isinstance(config, MemoryConfig):
         raise ConfigError(f"open_memory_provider takes a MemoryConfig, not {config!r}")
     config.validate()
-    metrics = provider_metrics("memory")
-    started = time.perf_counter()
-    broker = _Broker(config, metrics)
+    broker = _Broker(config, provider_metrics("memory"))
     publisher = MemoryPublisher(broker)
     subscriber = MemorySubscriber(broker)
     router = Router(publisher, subscriber, config.router, default_concurrency=1)
     provider = MemoryProvider(config, broker, router, publisher, subscriber)
-    with single_error():
-        async with trio.open_nursery() as nursery:
-            try:
-                await nursery.start(broker.run_scheduler)
-                await nursery.start(router._run)
-            except BaseException:
-                metrics.start_error_count.add(1)
-                broker.close()
-                router._run_scope.cancel()
-                raise
-            metrics.start_count.add(1)
-            metrics.start_duration.record((time.perf_counter() - started) * 1000)
-            provider._running = True
-            try:
-                yield provider
-            finally:
-                provider._running = False
-                closing = time.perf_counter()
-                # One budget, the router's close_timeout: the steps after the
-                # router take no time in memory.
-                if not await provider._drain():
-                    metrics.close_error_count.add(1)
-                    broker.close()
-                router._run_scope.cancel()
-                metrics.close_count.add(1)
-                metrics.close_duration.record((time.perf_counter() - closing) * 1000)
+    async with run_provider(provider, _MemorySteps(config, broker, subscriber), broker.metrics):
+        yield provider

@@ -28,7 +28,6 @@ Delivery guarantees:
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
@@ -37,11 +36,11 @@ import trio
 
 from .._config import NatsConfig
 from .._errors import ConfigError
-from .._lifecycle import DrainStep, drain, reserve
+from .._lifecycle import DrainStep, reserve, run_provider
 from .._metrics import provider_metrics
 from .._provider_base import ProviderBase
 from .._router import Router
-from .._util import error_leaves
+from .._util import single_error
 from ._connection import _Connection
 from ._limits import OUT_BYTES, OUT_LIMIT
 from ._publisher import NatsPublisher
@@ -129,43 +128,64 @@ def _check_options(config: NatsConfig) -> None:
         )
 
 
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error (not counting trio.Cancelled) inside nested groups, else ``group``.
+class _NatsSteps:
+    """The NATS provider's own steps around the router's (see
+    :class:`piko_trio_events._lifecycle.ProviderSteps`)."""
 
-    trio-asyncio's loop and the provider's nurseries wrap errors from the
-    body in exception groups; a single error leaves the provider unwrapped.
-    """
-    leaves = error_leaves(group)
-    errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
-    if len(errors) == 1:
-        return errors[0]
-    if not errors and leaves:
-        return leaves[0]
-    return group
+    def __init__(
+        self,
+        config: NatsConfig,
+        conn: _Connection,
+        publisher: NatsPublisher,
+        subscriber: NatsSubscriber,
+        bridge: Bridge,
+    ) -> None:
+        self.budget = config.close_timeout
+        self._conn = conn
+        self._publisher = publisher
+        self._subscriber = subscriber
+        self._bridge = bridge
+        self._services = trio.CancelScope(shield=True)
 
+    async def start(self, nursery: trio.Nursery) -> None:
+        """The asyncio bridge and the reconnect watcher (in a shielded service
+        nursery that also owns every subscription's tasks), then the connection."""
+        await nursery.start(self._serve)
+        await self._conn.connect()
+        assert self._conn.nc is not None
+        self._publisher._connected(self._conn.nc.max_payload)
 
-def _drain_steps(
-    config: NatsConfig,
-    conn: _Connection,
-    subscriber: NatsSubscriber,
-    publisher: NatsPublisher,
-    bridge: Bridge,
-) -> list[DrainStep]:
-    """The NATS provider's steps after the router, each with its reserve of
-    the one budget (``close_timeout``): subscriptions (unsubscribe, nack what
-    they hold) -> publisher (closed, flushed) -> connection (drained, closed)
-    -> the asyncio loop bridge."""
-    budget = config.close_timeout
-    steps = [
-        DrainStep("subscriptions", subscriber._close_all, reserve(budget, 0.05, 1.0)),
-        DrainStep("publisher", publisher._close, reserve(budget, 0.05, 1.0)),
-        DrainStep("connection", conn.close, reserve(budget, 0.05, 1.5)),
-        DrainStep("bridge", bridge.aclose, reserve(budget, 0.03, 0.5)),
-    ]
-    # What still uses the connection (a subscription's own close, a JetStream
-    # publish or confirmed ack in flight) gives up before the connection step.
-    conn.closing_by = trio.current_time() + budget - steps[2].reserve - steps[3].reserve
-    return steps
+    async def _serve(self, *, task_status: trio.TaskStatus[None]) -> None:
+        with self._services:
+            async with trio.open_nursery() as services:
+                await services.start(self._bridge.serve)
+                await services.start(self._conn.watch)
+                self._subscriber._attach(services)
+                task_status.started()
+
+    async def abort(self) -> None:
+        await self._conn.close()
+        await self._bridge.aclose()
+
+    def drain_steps(self) -> list[DrainStep]:
+        """Subscriptions (unsubscribe, nack what they hold) -> publisher
+        (closed, flushed) -> connection (closed) -> the asyncio bridge, each
+        with its reserve of the one budget (``close_timeout``)."""
+        budget = self.budget
+        steps = [
+            DrainStep("subscriptions", self._subscriber._close_all, reserve(budget, 0.05, 1.0)),
+            DrainStep("publisher", self._publisher._close, reserve(budget, 0.05, 1.0)),
+            DrainStep("connection", self._conn.close, reserve(budget, 0.05, 1.5)),
+            DrainStep("bridge", self._bridge.aclose, reserve(budget, 0.03, 0.5)),
+        ]
+        # What still uses the connection (a subscription's own close, a JetStream
+        # publish or confirmed ack in flight) gives up before the connection step.
+        self._conn.closing_by = trio.current_time() + budget - steps[2].reserve - steps[3].reserve
+        return steps
+
+    def stop(self) -> None:
+        self._services.cancel()
+        self._conn.events_send.close()
 
 
 @asynccontextmanager
@@ -189,14 +209,9 @@ async def open_nats_provider(config: NatsConfig | None = None) -> AsyncIterator[
         raise ConfigError(f"open_nats_provider takes a NatsConfig, not {config!r}")
     config.validate()
     _check_options(config)
-    try:
+    with single_error():  # (trio-asyncio's loop wraps errors in groups too)
         async with _open(config) as provider:
             yield provider
-    except BaseExceptionGroup as group:
-        single = _single(group)
-        if single is group:
-            raise
-        raise single from None
 
 
 @asynccontextmanager
@@ -213,60 +228,15 @@ async def _open(config: NatsConfig) -> AsyncIterator[NatsProvider]:
     from ._bridge import Bridge
 
     metrics = provider_metrics("nats")
-    started = time.perf_counter()
     async with trio_asyncio.open_loop() as loop:
         bridge = Bridge(loop, OUT_LIMIT, OUT_BYTES)
         conn = _Connection(config, bridge, metrics)
-        service_scope = trio.CancelScope(shield=True)
-        async with trio.open_nursery() as nursery:
-
-            async def service(*, task_status: trio.TaskStatus[None]) -> None:
-                with service_scope:
-                    async with trio.open_nursery() as inner:
-                        await inner.start(bridge.serve)
-                        await inner.start(conn.watch)
-                        subscriber._nursery = inner
-                        task_status.started()
-
-            publisher = NatsPublisher(conn)
-            subscriber = NatsSubscriber(conn)
-            router = Router(
-                publisher, subscriber, config.router, default_concurrency=config.subscribers_count
-            )
-            provider = NatsProvider(config, conn, publisher, subscriber, router)
-            try:
-                await nursery.start(service)
-                await conn.connect()
-                assert conn.nc is not None
-                publisher._max_payload = conn.nc.max_payload
-                await nursery.start(router._run)
-            except BaseException:
-                metrics.start_error_count.add(1)
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + config.close_timeout
-                    await conn.close()
-                    await bridge.aclose()
-                router._run_scope.cancel()
-                service_scope.cancel()
-                raise
-            metrics.start_count.add(1)
-            metrics.start_duration.record((time.perf_counter() - started) * 1000)
-            provider._running = True
-            try:
-                yield provider
-            finally:
-                provider._running = False
-                closing = time.perf_counter()
-                report = await drain(
-                    router,
-                    _drain_steps(config, conn, subscriber, publisher, bridge),
-                    budget=config.close_timeout,
-                    scrub=conn.scrub,
-                )
-                router._run_scope.cancel()
-                service_scope.cancel()
-                conn.events_send.close()
-                if not report.ok:
-                    metrics.close_error_count.add(1)
-                metrics.close_count.add(1)
-                metrics.close_duration.record((time.perf_counter() - closing) * 1000)
+        publisher = NatsPublisher(conn)
+        subscriber = NatsSubscriber(conn)
+        router = Router(
+            publisher, subscriber, config.router, default_concurrency=config.subscribers_count
+        )
+        provider = NatsProvider(config, conn, publisher, subscriber, router)
+        steps = _NatsSteps(config, conn, publisher, subscriber, bridge)
+        async with run_provider(provider, steps, metrics, conn.scrub):
+            yield provider

@@ -163,6 +163,10 @@ class NatsPublisher:
                 unconfirmed=failed,
             )
 
+    def _connected(self, max_payload: int) -> None:
+        """The connection is up: messages are checked against the server's limit."""
+        self._max_payload = max_payload
+
     async def _close(self) -> None:
         """The drain's publisher step: refuse new publishes, flush what was
         published before, while the connection is up."""

@@ -125,6 +125,10 @@ class NatsSubscriber:
                 )
                 subscription._end()
 
+    def _attach(self, nursery: trio.Nursery) -> None:
+        """The provider runs: subscriptions' tasks go to ``nursery`` from now on."""
+        self._nursery = nursery
+
     async def _close_all(self) -> None:
         """End every subscription still open (receivers see EndOfChannel) and
         unsubscribe it now, nacking what it holds, while the connection is up."""

@@ -57,12 +57,11 @@ from hypothesis import strategies as st
 
 from .._abc import Provider, Publisher, StartPosition, Subscriber
 from .._errors import ConfigError
-from .._lifecycle import DrainStep, drain
+from .._lifecycle import DrainStep, run_provider
 from .._message import _NACKED, Message
 from .._provider_base import ProviderBase
 from .._router import Router
 from .._types import HandlerFunc, HandlerResult
-from .._util import single_error
 
 __all__ = [
     "ChaosCrash",
@@ -584,6 +583,33 @@ def _default_inner() -> AbstractAsyncContextManager[Provider]:
     return open_memory_provider()
 
 
+class _ChaosSteps:
+    """The chaos provider's own steps around its router's: none to start (the
+    wrapped provider runs already); at the end, what is still open ends, as
+    the wrapped provider's drain does. The wrapped provider drains after."""
+
+    def __init__(self, provider: ChaosProvider) -> None:
+        self.budget = provider.router.config.close_timeout
+        self._provider = provider
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def abort(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def drain_steps(self) -> list[DrainStep]:
+        return [DrainStep("subscriptions", self._end_subscriptions)]
+
+    async def _end_subscriptions(self) -> None:
+        for subscription in list(self._provider._subscriptions):
+            subscription._close(ended=True)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def stop(self) -> None:
+        pass
+
+
 @asynccontextmanager
 async def open_chaos_provider(
     schedule: ChaosSchedule, inner: ProviderFactory | None = None, *, hold_timeout: float = 0.1
@@ -610,29 +636,9 @@ async def open_chaos_provider(
     factory = _default_inner if inner is None else inner
     async with factory() as wrapped:
         provider = ChaosProvider(schedule, wrapped, hold_timeout=hold_timeout)
-        router = provider._router
         trio.lowlevel.add_instrument(provider._crash_points)
         try:
-            with single_error():
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(router._run)
-                    provider._running = True
-                    try:
-                        yield provider
-                    finally:
-                        provider._running = False
-
-                        async def end_subscriptions() -> None:
-                            # As the wrapped provider does, end what is still open.
-                            for subscription in list(provider._subscriptions):
-                                subscription._close(ended=True)
-                            await trio.lowlevel.cancel_shielded_checkpoint()
-
-                        await drain(
-                            router,
-                            [DrainStep("subscriptions", end_subscriptions)],
-                            budget=router.config.close_timeout,
-                        )
-                        router._run_scope.cancel()
+            async with run_provider(provider, _ChaosSteps(provider)):
+                yield provider
         finally:
             trio.lowlevel.remove_instrument(provider._crash_points)

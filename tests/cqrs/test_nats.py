@@ -167,6 +167,10 @@ async def test_a_reply_of_a_type_the_requester_never_saw_needs_reply_type(
             provider_of(nats_server, True) as client,
         ):
             serve_charges(CommandBus(server))
+            # Another connection: the handler's SUB must reach the server first
+            # (the router subscribes in its own task; a flush after it is seen).
+            await eventually(lambda: "commands.ChargeCard" in subscriptions(server))
+            await server.publisher.flush()
             commands = CommandBus(client)
             with pytest.raises(DecodeError, match="unknown type 'Charged': pass reply_type="):
                 await commands.request(ChargeCard(1, 1.0), timeout=10)
