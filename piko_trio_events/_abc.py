@@ -10,6 +10,7 @@ import trio
 
 from ._errors import ConfigError
 from ._message import Message
+from ._topics import validate_topic
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -21,6 +22,7 @@ __all__ = [
     "Subscriber",
     "validate_prefetch",
     "validate_start",
+    "validate_subscription",
 ]
 
 #: Where a group begins: ``"all"``, ``"new"``, a stream sequence or a time.
@@ -47,6 +49,18 @@ def validate_prefetch(prefetch: object) -> int | None:
     if isinstance(prefetch, int) and not isinstance(prefetch, bool) and prefetch >= 1:
         return prefetch
     raise ConfigError(f"prefetch must be an int >= 1 or None, not {prefetch!r}")
+
+
+def validate_subscription(
+    topic: str, group: object, start: object, prefetch: object = None
+) -> tuple[StartPosition, int | None]:
+    """Check ``subscribe``'s arguments (every provider's, and the router's for
+    a handler): InvalidTopicError for the pattern, ConfigError for the rest.
+    Returns ``(start, prefetch)`` checked."""
+    validate_topic(topic, wildcards=True)
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ConfigError(f"group must be a non-empty str or None, not {group!r}")
+    return validate_start(start), validate_prefetch(prefetch)
 
 
 @runtime_checkable

@@ -44,7 +44,11 @@ class Delivery:
 
 
 class Acker(Protocol):
-    """What a provider gives a received message so that it can settle it."""
+    """What a provider gives a received message so that it can settle it.
+
+    An acker may name its provider in a ``system`` attribute (``"memory"``,
+    ``"nats"``, ...): telemetry's ``messaging.system`` (``"piko"`` without).
+    """
 
     def ack_message(self, message: Message) -> Awaitable[None] | None:
         """Settle ``message`` as acked: at once, returning None (an in-process
@@ -189,6 +193,11 @@ class Message:
         if acker is not None:
             await acker.nack_message(self, delay)
         return True
+
+    def _mark_nacked(self) -> None:
+        """The provider gave the message back itself (its subscription closed
+        before it was settled): ``ack()`` returns False from now on."""
+        self._state = _NACKED
 
     def copy(self) -> Message:
         """A new, unreceived message with the same uuid, payload and metadata."""

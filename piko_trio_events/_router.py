@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._abc import Publisher, StartPosition, Subscriber, validate_start
+from ._abc import Publisher, StartPosition, Subscriber, validate_subscription
 from ._config import RouterConfig
 from ._errors import ConfigError, PikoEventsError, ProviderClosedError
 from ._message import Message
@@ -286,12 +286,12 @@ class Router:
             raise ConfigError(f"a handler named {name!r} already exists")
         if not callable(func):
             raise TypeError(f"handler {name!r}: func must be callable, not {func!r}")
-        validate_topic(topic, wildcards=True)
+        try:
+            start, _ = validate_subscription(topic, group, start)
+        except ConfigError as exc:
+            raise ConfigError(f"handler {name!r}: {exc}") from None
         if publish_topic is not None:
             validate_topic(publish_topic)
-        if group is not None and (not isinstance(group, str) or not group):
-            raise ConfigError(f"handler {name!r}: group must be a non-empty str or None")
-        start = validate_start(start)
         if concurrency is None:
             concurrency = self._default_concurrency
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:

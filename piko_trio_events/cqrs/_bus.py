@@ -24,13 +24,13 @@ import trio
 from .._abc import Provider, StartPosition
 from .._errors import ConfigError, DecodeError, NoResponderError, RequestError
 from .._message import Message
+from .._request_transport import REPLY_TO_KEY, RequestTransport, transport_of
 from .._router import HandlerOutputError
 from .._topics import validate_topic
 from .._types import HandlerFunc, Middleware, current_handler_name
 from .._uuid import derived_uuid
 from ._marshal import NAME_KEY, JSONMarshaler, Marshaler, type_name
 from ._metrics import cqrs_metrics
-from ._transport import REPLY_TO_KEY, RequestTransport, transport_of
 
 __all__ = [
     "ERROR_KEY",

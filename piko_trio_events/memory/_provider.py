@@ -25,11 +25,11 @@ from typing import Final, TypeAlias
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
-from .._abc import StartPosition, validate_prefetch, validate_start
+from .._abc import StartPosition, validate_subscription
 from .._config import MemoryConfig
 from .._errors import ConfigError, ProviderClosedError, PublishError
 from .._lifecycle import DrainStep, run_provider
-from .._message import _NACKED, Delivery, Message, checked_payload, validate_metadata
+from .._message import Delivery, Message, checked_payload, validate_metadata
 from .._metrics import ProviderMetrics, provider_metrics
 from .._provider_base import ProviderBase
 from .._router import Router
@@ -360,6 +360,8 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
     that was not acked; for a private subscription the queue goes with it.
     """
 
+    system = "memory"  # (as an Acker: telemetry's messaging.system)
+
     def __init__(self, broker: _Broker, group: _Group) -> None:
         self._broker = broker
         self._group = group
@@ -470,7 +472,7 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
         group = self._group
         inflight, self._inflight = self._inflight, {}
         for entry in inflight.values():
-            entry[0]._state = _NACKED
+            entry[0]._mark_nacked()
             self._nacked[group.pattern] += 1
             self._broker.requeue(group, _attempted(entry), None)
         group.members -= 1
@@ -540,11 +542,7 @@ class MemorySubscriber:
         from its group's queue only when it receives, so it never holds more
         than it has received and not settled.
         """
-        validate_topic(topic, wildcards=True)
-        if group is not None and (not isinstance(group, str) or not group):
-            raise ConfigError(f"group must be a non-empty str or None, not {group!r}")
-        start = validate_start(start)
-        validate_prefetch(prefetch)
+        start, _ = validate_subscription(topic, group, start, prefetch)
         broker = self._broker
         if broker.closed:
             raise ProviderClosedError(f"cannot subscribe to {topic!r}: the provider is closed")
@@ -601,7 +599,7 @@ class MemoryProvider(ProviderBase[MemoryPublisher, MemorySubscriber]):
 
     def _request_transport(self) -> object:
         """Request/reply for :mod:`piko_trio_events.cqrs`: replies stay in this process."""
-        from ..cqrs._transport import LocalRequests
+        from .._request_transport import LocalRequests
 
         return LocalRequests(self)
 

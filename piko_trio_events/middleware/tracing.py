@@ -295,17 +295,10 @@ def _process_attributes(
     return attributes
 
 
-_systems: dict[type, str] = {}
-
-
 def _system_of(msg: Message) -> str:
-    """``"memory"``, ``"nats"``: the provider subpackage that delivered ``msg``."""
-    acker = type(msg._acker)
-    system = _systems.get(acker)
-    if system is None:
-        parts = acker.__module__.split(".")
-        system = parts[1] if len(parts) > 2 and parts[0] == "piko_trio_events" else "piko"
-        _systems[acker] = system
+    """``"memory"``, ``"nats"``: the provider that delivered ``msg`` (its
+    acker's ``system``; ``"piko"`` for an acker that does not say)."""
+    system: str = getattr(msg._acker, "system", "piko")
     return system
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from .._message import _NACKED, UUID_HEADER, Delivery, Message
+from .._message import UUID_HEADER, Delivery, Message
 from . import _internals as internals
 from ._limits import _CORE_BUFFER, _PENDING_BYTES, _PENDING_MSGS
 from ._names import queue_group
@@ -154,7 +154,7 @@ class _CoreSubscription(NatsSubscription):
         # core NATS has nowhere to redeliver them once the subscription is gone).
         handed, self._handed = self._handed, {}
         for message in handed.values():
-            message._state = _NACKED
+            message._mark_nacked()
             self._nacked[self.pattern] += 1
         sub = self._sub
         nc = self._conn.nc

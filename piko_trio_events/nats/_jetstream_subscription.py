@@ -14,7 +14,7 @@ import trio
 
 from .._abc import StartPosition
 from .._errors import AckError, ConfigError, ConnectError, PikoEventsError, ProviderClosedError
-from .._message import _NACKED, Delivery, Message
+from .._message import Delivery, Message
 from .._uuid import new_uuid
 from ._connection import _no_jetstream
 from ._limits import (
@@ -418,7 +418,7 @@ class _JetStreamSubscription(NatsSubscription):
             self._unsettled.pop(raw.reply, None)
             self._bridge.push((raw.reply, b"-NAK", "", None))
         for message, _reply in self._handed.values():
-            message._state = _NACKED
+            message._mark_nacked()
         self._handed.clear()
         for reply in list(self._unsettled):
             self._bridge.push((reply, b"-NAK", "", None))

@@ -32,7 +32,7 @@ from .._topics import validate_topic
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from ..cqrs._transport import Deliver
+    from .._request_transport import Deliver
     from ._connection import _Connection
     from ._publisher import NatsPublisher
 

@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .._abc import StartPosition, validate_prefetch, validate_start
+from .._abc import StartPosition, validate_subscription
 from .._errors import ConfigError, InvalidTopicError, ProviderClosedError
 from .._message import Message
-from .._topics import validate_topic
 from ._core_subscription import _CoreSubscription
 from ._jetstream_subscription import _JetStreamSubscription
 from ._limits import _CAPACITY
@@ -57,11 +56,7 @@ class NatsSubscriber:
         other members. Core NATS has no flow control: there ``prefetch`` is
         checked and unused.
         """
-        validate_topic(topic, wildcards=True)
-        if group is not None and (not isinstance(group, str) or not group):
-            raise ConfigError(f"group must be a non-empty str or None, not {group!r}")
-        start = validate_start(start)
-        prefetch = validate_prefetch(prefetch)
+        start, prefetch = validate_subscription(topic, group, start, prefetch)
         conn = self._conn
         if self._closed:
             raise ProviderClosedError(f"cannot subscribe to {topic!r}: the provider is closed")

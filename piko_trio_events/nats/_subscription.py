@@ -29,6 +29,8 @@ class NatsSubscription(trio.abc.ReceiveChannel[Message]):
     JetStream every message delivered here and not acked is nacked.
     """
 
+    system = "nats"  # (as an Acker: telemetry's messaging.system)
+
     def __init__(
         self, conn: _Connection, pattern: str, group: str | None, buffer: int = _CAPACITY
     ) -> None:

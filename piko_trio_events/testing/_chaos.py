@@ -58,7 +58,7 @@ from hypothesis import strategies as st
 from .._abc import Provider, Publisher, StartPosition, Subscriber
 from .._errors import ConfigError
 from .._lifecycle import DrainStep, run_provider
-from .._message import _NACKED, Message
+from .._message import Message
 from .._provider_base import ProviderBase
 from .._router import Router
 from .._types import HandlerFunc, HandlerResult
@@ -250,6 +250,8 @@ def chaos_schedules(
 class _Settle:
     """The acker of one chaos delivery: settles the wrapped message (or not)."""
 
+    system = "testing"  # (telemetry's messaging.system)
+
     __slots__ = ("copy", "inner", "kind", "label", "provider", "settled", "subscription")
 
     def __init__(
@@ -406,7 +408,7 @@ class ChaosSubscription(trio.abc.ReceiveChannel[Message]):
         for message in [*waiting, *self._live.values()]:
             acker = message._acker
             if isinstance(acker, _Settle) and acker._done(message):
-                message._state = _NACKED
+                message._mark_nacked()
 
     async def aclose(self) -> None:
         self._close()

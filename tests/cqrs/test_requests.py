@@ -9,8 +9,8 @@ import trio
 import trio.testing
 
 from piko_trio_events import open_memory_provider
+from piko_trio_events._request_transport import _local_inboxes
 from piko_trio_events.cqrs import CommandBus, DecodeError, EventBus, RequestError
-from piko_trio_events.cqrs._transport import _local_inboxes
 from piko_trio_events.memory import MemoryProvider
 
 from .types import Audit, ChargeCard, Charged, Refund

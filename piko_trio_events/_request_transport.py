@@ -22,10 +22,10 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from .._abc import Provider
-from .._errors import ConfigError
-from .._message import Message
-from .._uuid import new_uuid
+from ._abc import Provider
+from ._errors import ConfigError
+from ._message import Message
+from ._uuid import new_uuid
 
 __all__ = ["REPLY_TO_KEY", "Deliver", "LocalRequests", "RequestTransport", "transport_of"]
 
