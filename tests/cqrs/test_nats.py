@@ -50,6 +50,15 @@ def subscriptions(provider: NatsProvider) -> list[str]:
     return [s.subject for s in nc._subs.values()]
 
 
+async def subscribed(provider: NatsProvider, subject: str) -> None:
+    """Wait until the router's subscription to ``subject`` reached the server:
+    a message from another connection (core NATS: at-most-once) would be lost
+    before. The router subscribes in its own task; a flush after the SUB
+    command is queued returns once the server has processed it."""
+    await eventually(lambda: subject in subscriptions(provider))
+    await provider.publisher.flush()
+
+
 def reply_inboxes(provider: NatsProvider, commands: CommandBus) -> list[str]:
     """The bus's reply inbox subscriptions."""
     transport: Any = commands._transport
@@ -167,10 +176,7 @@ async def test_a_reply_of_a_type_the_requester_never_saw_needs_reply_type(
             provider_of(nats_server, True) as client,
         ):
             serve_charges(CommandBus(server))
-            # Another connection: the handler's SUB must reach the server first
-            # (the router subscribes in its own task; a flush after it is seen).
-            await eventually(lambda: "commands.ChargeCard" in subscriptions(server))
-            await server.publisher.flush()
+            await subscribed(server, "commands.ChargeCard")
             commands = CommandBus(client)
             with pytest.raises(DecodeError, match="unknown type 'Charged': pass reply_type="):
                 await commands.request(ChargeCard(1, 1.0), timeout=10)
@@ -263,6 +269,7 @@ async def test_raw_nats_py_and_typed_handlers_understand_each_other(
                 got.append(event)
                 handled.set()
 
+            await subscribed(provider, "events.OrderPlaced")
             bridge = provider._conn.bridge
             # raw nats-py -> typed handler: JSON and Watermill's `name` header
             body = {"id": 7, "customer": "go", "total": 1.25, "express": False, "note": None}

@@ -100,6 +100,7 @@ async def test_core_stuck_handler_does_not_cost_a_buffered_publish(
             open_nats_provider(same_budgets(nats_server.url, jetstream=core)) as reader,
             reader.subscriber.subscribe("core.out") as inbox,
         ):
+            await reader.publisher.flush()  # the SUB reached the server (core: at-most-once)
 
             async def read() -> None:
                 async for msg in inbox:
