@@ -251,6 +251,18 @@ def validate_metadata(metadata: Mapping[str, str]) -> None:
     exactly what the NATS provider will.
     """
     for key, value in metadata.items():
+        if type(value) is str and type(key) is str and key in _GOOD_KEYS:
+            if value and (
+                "\r" in value
+                or "\n" in value
+                or value[0] in _EDGE_WHITESPACE
+                or value[-1] in _EDGE_WHITESPACE
+                or not (value.isascii() or utf8_encodable(value))
+            ):
+                raise InvalidMessageError(
+                    f"metadata value of {key!r} {_header_value_problem(value)}"
+                )
+            continue
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata keys and values must be str: {key!r}: {value!r}")
         if not _HEADER_KEY.fullmatch(key):
@@ -267,6 +279,15 @@ def validate_metadata(metadata: Mapping[str, str]) -> None:
         problem = _header_value_problem(value)
         if problem is not None:
             raise InvalidMessageError(f"metadata value of {key!r} {problem}")
+        if type(key) is str and len(_GOOD_KEYS) < _GOOD_KEYS_MAX:
+            _GOOD_KEYS.add(key)
+
+
+#: Metadata keys already found valid (applications use a few): the next
+#: message with them skips the key checks. Bounded: keys past it are checked
+#: every time, never forgotten wrongly.
+_GOOD_KEYS: set[str] = set()
+_GOOD_KEYS_MAX: Final = 4096
 
 
 def _header_value_problem(value: str) -> str | None:

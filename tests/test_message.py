@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from piko_trio_events import Delivery, Message
+from piko_trio_events import Delivery, InvalidMessageError, Message
 from piko_trio_events._message import validate_metadata
 from piko_trio_events._uuid import derived_uuid, new_uuid
 
@@ -146,3 +146,12 @@ def test_metadata_that_nats_cannot_carry_is_rejected(metadata: dict[str, str]) -
 
 def test_plain_metadata_passes() -> None:
     validate_metadata({"correlation_id": "abc", "X-Thing": "a: b"})
+
+
+@pytest.mark.parametrize("bad", ["a\r\nNats-Msg-Id: x", " edge", "edge ", "\ud800", 1])
+def test_a_key_checked_before_does_not_let_a_bad_value_through(bad: object) -> None:
+    """Valid keys are remembered (the key checks are skipped next time); the
+    value is still checked on every message."""
+    validate_metadata({"remembered-key": "fine"})
+    with pytest.raises((InvalidMessageError, TypeError)):
+        validate_metadata({"remembered-key": bad})  # type: ignore[dict-item]
