@@ -203,7 +203,8 @@ def check_imports_copy(copy: Path, python: str = sys.executable) -> None:
             raise HarnessError(f"the copy imports {where}, not the code under {copy}")
 
 
-_FAILED = re.compile(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", re.MULTILINE)
+#: A summary line (not a captured log record: "ERROR    logger:file.py:1 ...").
+_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S.*?)(?: - .*)?$", re.MULTILINE)
 _RESULT = re.compile(r"\s+(?:PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b.*$")
 
 
@@ -253,10 +254,17 @@ def run_tests(
     return ERROR, f"pytest exit status {code}: {tail}", output
 
 
-def run_one(mutation: Mutation, root: Path = ROOT, python: str = sys.executable) -> Result:
-    """Apply ``mutation`` to a copy of ``root`` and run its tests."""
+def run_one(
+    mutation: Mutation,
+    root: Path = ROOT,
+    python: str = sys.executable,
+    *,
+    run_equivalent: bool = False,
+) -> Result:
+    """Apply ``mutation`` to a copy of ``root`` and run its tests (an
+    equivalent one only with ``run_equivalent``, to check that it still is)."""
     started = time.monotonic()
-    if mutation.equivalent:
+    if mutation.equivalent and not run_equivalent:
         refused = check_snippet(mutation, root)
         return Result(mutation, refused or EQUIVALENT, mutation.reason)
     refused = check_snippet(mutation, root)
@@ -369,10 +377,14 @@ def run_all(
     jobs: int,
     report: Callable[[Result], None],
     root: Path = ROOT,
+    *,
+    run_equivalent: bool = False,
 ) -> list[Result]:
     by_id: dict[str, Result] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_one, m, root): m for m in mutations}
+        futures = {
+            pool.submit(run_one, m, root, run_equivalent=run_equivalent): m for m in mutations
+        }
         for future in concurrent.futures.as_completed(futures):
             result = future.result()
             by_id[result.mutation.id] = result
@@ -388,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
     parser.add_argument("--check", action="store_true", help="only check the snippets")
     parser.add_argument("--verbose", action="store_true", help="print pytest's output")
+    parser.add_argument(
+        "--run-equivalent",
+        action="store_true",
+        help="run the equivalent mutants too (they should survive), with --only",
+    )
     args = parser.parse_args(argv)
     if args.write and args.only:
         parser.error("--write regenerates the whole table: run it without --only")
@@ -418,7 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose and result.output:
             print(result.output)
 
-    results = run_all(chosen, max(1, args.jobs), report)
+    if args.run_equivalent and not args.only:
+        parser.error("--run-equivalent goes with --only")
+    results = run_all(chosen, max(1, args.jobs), report, run_equivalent=args.run_equivalent)
     seconds = time.monotonic() - started
     c = counts(results)
     print(", ".join(f"{n} {o}" for o, n in c.items() if n), f"in {seconds / 60:.1f} min")
