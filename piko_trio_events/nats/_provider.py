@@ -181,6 +181,7 @@ class _NatsSteps:
         # What still uses the connection (a subscription's own close, a JetStream
         # publish or confirmed ack in flight) gives up before the connection step.
         self._conn.closing_by = trio.current_time() + budget - steps[2].reserve - steps[3].reserve
+        self._conn.replies.closing_by(self._conn.closing_by)  # and those already waiting
         return steps
 
     def stop(self) -> None:

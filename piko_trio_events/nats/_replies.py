@@ -25,7 +25,16 @@ logger = logging.getLogger("piko_trio_events.nats")
 class _Waiter:
     """Replies expected for one batch (a JetStream publish, a confirmed ack)."""
 
-    __slots__ = ("_done", "_prefix", "_seen", "no_stream", "reason", "remaining", "unconfirmed")
+    __slots__ = (
+        "_done",
+        "_prefix",
+        "_scope",
+        "_seen",
+        "no_stream",
+        "reason",
+        "remaining",
+        "unconfirmed",
+    )
 
     def __init__(self, prefix: bytes, count: int) -> None:
         self._prefix = prefix
@@ -35,6 +44,7 @@ class _Waiter:
         self.reason = ""
         self.no_stream = False
         self._done = trio.Event()
+        self._scope: trio.CancelScope | None = None  # while waiting
 
     def reply(self, index: int) -> bytes:
         return self._prefix + str(index).encode()
@@ -65,7 +75,17 @@ class _Waiter:
         finishes or fails first)."""
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = min(trio.current_time() + limit, until)
-            await self._done.wait()
+            self._scope = scope
+            try:
+                await self._done.wait()
+            finally:
+                self._scope = None
+
+    def wait_until(self, until: float) -> None:
+        """Bring the end of a wait in progress forward to ``until`` (trio time)."""
+        scope = self._scope
+        if scope is not None and until < scope.deadline:
+            scope.deadline = until
 
 
 class _Replies:
@@ -104,6 +124,12 @@ class _Replies:
         waiter = _Waiter(f"{self._prefix}{key}.".encode(), count)
         self._waiters[key] = waiter
         return waiter
+
+    def closing_by(self, until: float) -> None:
+        """The drain began: waits in progress end by ``until`` too (the ones
+        that start later are given it by their callers)."""
+        for waiter in self._waiters.values():
+            waiter.wait_until(until)
 
     def forget(self, waiter: _Waiter) -> None:
         key = waiter._prefix.decode()[len(self._prefix) : -1]
