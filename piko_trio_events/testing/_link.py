@@ -194,20 +194,20 @@ class Link:
 
         async def write() -> None:
             async with receive:
-                async for read_at, data in receive:
-                    await way.wait_open()
-                    while read_at + way.delay > trio.current_time():
-                        await way.wait_until(read_at + way.delay)
-                    await way.wait_open()
-                    await sink.send_all(data)
-            await sink.send_eof()
+                try:
+                    async for read_at, data in receive:
+                        await way.wait_open()
+                        while read_at + way.delay > trio.current_time():
+                            await way.wait_until(read_at + way.delay)
+                        await way.wait_open()
+                        await sink.send_all(data)
+                    await sink.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
 
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read)
-                nursery.start_soon(write)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            nursery.start_soon(write)
         # One end closed or broke: a proxied TCP connection then ends as a whole.
         link.cancel()
 

@@ -7,6 +7,9 @@ non-event has no other witness.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -188,3 +191,25 @@ async def test_bad_arguments_raise_value_error() -> None:
     with pytest.raises(ValueError, match="seconds"):
         link.delay(float("nan"))
     await trio.lowlevel.checkpoint()
+
+
+async def test_an_end_that_breaks_mid_stream_ends_the_connection_not_the_link() -> None:
+    with trio.fail_after(10):
+        async with linked() as (link, peer):
+            for _ in range(3):
+                client = await trio.open_tcp_stream("127.0.0.1", link.port)
+                await client.send_all(b"x")
+                await peer.wait(lambda: peer.streams and peer.received)
+                # The peer keeps sending while the client vanishes (RST): the
+                # link's write to the client breaks.
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await client.aclose()
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    for _ in range(200):
+                        await peer.streams[-1].send_all(b"y" * 65536)
+                while True:  # polls the link's connection count
+                    if not link.live:
+                        break
+                    await trio.sleep(0.01)
+                peer.received = b""
+            assert link.connections == 3
