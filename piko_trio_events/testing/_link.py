@@ -18,9 +18,9 @@ Everything runs in a nursery that the ``async with`` block owns.
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Literal, TypeAlias
 
 import trio
@@ -78,8 +78,8 @@ class Link:
     Faults act on the connections that pass now and on those made later,
     until :meth:`restore`:
 
-    - :meth:`cut` (both ways): every connection is closed and new ones are
-      closed as soon as they are accepted: a partition both ends notice at once.
+    - :meth:`cut` (both ways): every connection is closed and the link stops
+      listening, so new ones are refused: a partition both ends notice at once.
     - ``cut("upstream")`` / ``cut("downstream")``: a one-way partition. Bytes
       in that direction are held, not lost (TCP would retransmit them); they
       arrive after :meth:`restore`, unless an end gave up on the connection
@@ -99,6 +99,31 @@ class Link:
         self._refusing = False
         self._ways = {"upstream": _Way(), "downstream": _Way()}
         self._live: set[trio.CancelScope] = set()
+        self._nursery: trio.Nursery | None = None
+        self._serving: trio.CancelScope | None = None
+
+    def _listen(self) -> None:
+        """Listen on ``port`` (a free one when 0) and serve, at once: a client
+        that connects right after this returns waits in the backlog."""
+        assert self._nursery is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        scope = trio.CancelScope()
+        self._serving = scope
+
+        async def serve() -> None:
+            with scope:
+                await trio.serve_listeners(self._handle, [listener])
+
+        self._nursery.start_soon(serve)
 
     @property
     def url(self) -> str:
@@ -129,6 +154,9 @@ class Link:
         ways = _ways(direction)
         if len(ways) == 2:
             self._refusing = True
+            if self._serving is not None:
+                self._serving.cancel()  # closes the listening socket
+                self._serving = None
             for scope in list(self._live):
                 scope.cancel()
         else:
@@ -147,7 +175,12 @@ class Link:
             self._ways[way].set(delay=float(seconds))
 
     def restore(self) -> None:
-        """End every fault: connections are accepted, held bytes flow, no delay."""
+        """End every fault: connections are accepted, held bytes flow, no delay.
+
+        After a cut the link listens again on the same port (``OSError`` if
+        something else took it meanwhile)."""
+        if self._refusing and self._nursery is not None:
+            self._listen()
         self._refusing = False
         for way in self._ways.values():
             way.set(held=False, delay=0.0)
@@ -230,10 +263,12 @@ async def open_link(
     every connection through it and stops listening.
     """
     link = Link(target_port, target_host)
+    link.port = port
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, link._handle, port, host=link.host))
-        link.port = listeners[0].socket.getsockname()[1]
+        link._nursery = nursery
+        link._listen()
         try:
             yield link
         finally:
+            link._nursery = None
             nursery.cancel_scope.cancel()

@@ -72,7 +72,25 @@ from piko_trio_events.testing import (
 )
 from piko_trio_events.testing._cluster import _http_get
 
-pytestmark = pytest.mark.nats
+pytestmark = [
+    pytest.mark.nats,
+    # nats-py 2.16 leaves a socket open when a connection attempt fails in its
+    # handshake (a node that went down, a link cut right then): a ResourceWarning
+    # in its garbage, not an exception the application sees. Its own reproduction,
+    # without this library: tests/nats/raw_nats_py_unclosed.py (and
+    # test_nats_py_findings.py, which fails once nats-py closes it).
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <function StreamWriter.__del__"
+        ":pytest.PytestUnraisableExceptionWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <function _SelectorTransport.__del__"
+        ":pytest.PytestUnraisableExceptionWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+]
 
 IN, MID, OUT = "orders.placed", "enriched.placed", "shipped.placed"
 STREAMS = {"orders": "PIKO_orders", "enriched": "PIKO_enriched", "shipped": "PIKO_shipped"}
@@ -115,6 +133,23 @@ class History:
 
     def in_fault(self, at: float) -> bool:
         return any(f.started <= at <= f.whole for f in self.faults if f.kind != "pause")
+
+
+def _tasks_outside_links() -> int:
+    """Living tasks, not counting the links' (route connections come and go with
+    the faults: they are the cluster's, not the application's)."""
+    count = 0
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    todo = [root]
+    while todo:
+        task = todo.pop()
+        if "testing._link" in task.name:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return count
 
 
 def _rss_mb() -> float:
@@ -282,7 +317,7 @@ async def nemesis(
         with trio.fail_after(30):
             await cluster.wait_healthy()
         async with _client_links(cluster, REPLICAS + 1) as (links, by_node):
-            tasks_before = trio.lowlevel.current_statistics().tasks_living
+            tasks_before = _tasks_outside_links()
             history.base_rss_mb = history.peak_rss_mb = _rss_mb()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sample_rss, history)
@@ -322,7 +357,7 @@ async def nemesis(
                         break
                     await trio.sleep(0.02)
                 await trio.testing.wait_all_tasks_blocked(0.05)
-            tasks_after = trio.lowlevel.current_statistics().tasks_living
+            tasks_after = _tasks_outside_links()
         expected = len(history.published)
         with trio.fail_after(60):
             final = await _read_all(cluster[0].url, OUT, expected)
