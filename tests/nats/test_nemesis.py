@@ -313,6 +313,7 @@ async def nemesis(
     """Run the application under the steps (``steps()`` gives the next, None ends),
     then check the final history; return it (for a report)."""
     history = History()
+    lost = ""  # raised once the cluster is down, outside its nurseries
     async with open_nats_cluster(3, route_links=True) as cluster:
         with trio.fail_after(30):
             await cluster.wait_healthy()
@@ -362,21 +363,25 @@ async def nemesis(
         with trio.fail_after(60):
             final = await _read_all(cluster[0].url, OUT, expected)
             counts = await _stream_messages(cluster, STREAMS["shipped"])
+        missing: list[bytes]
         missing = [order for order in history.published if b"s:e:" + order not in final]
         if missing:
             # Whose loss is it? An input the stream no longer holds is nats-server's.
             with trio.fail_after(60):
                 held = await _read_all(cluster[0].url, IN, expected)
             server_lost = [order for order in missing if order not in held]
-            assert not server_lost, (
-                f"NATS-SERVER lost {len(server_lost)} acknowledged publishes "
-                f"(not the library's record): {server_lost[:10]}"
-            )
-            raise AssertionError(
-                f"LOST by the library: {len(missing)} confirmed orders never reached the "
-                f"final stream (ship never ran for {len(history.missing('ship'))}, enrich "
-                f"for {len(history.missing('enrich'))}): {missing[:10]}"
-            )
+            if server_lost:
+                lost = (
+                    f"NATS-SERVER lost {len(server_lost)} acknowledged publishes "
+                    f"(not the library's record): {server_lost[:10]}"
+                )
+            else:
+                lost = (
+                    f"LOST by the library: {len(missing)} confirmed orders never reached the "
+                    f"final stream (ship never ran for {len(history.missing('ship'))}, enrich "
+                    f"for {len(history.missing('enrich'))}): {missing[:10]}"
+                )
+    assert not lost, lost
     twice = {payload: n for payload, n in final.items() if n > 1}
     assert not twice, f"stored twice in the final stream: {list(twice.items())[:10]}"
     wanted = {b"s:e:" + order for order in history.published}
