@@ -25,6 +25,8 @@ from typing import Literal, TypeAlias
 
 import trio
 
+from .._util import single_error
+
 __all__ = ["Direction", "Link", "open_link"]
 
 #: Which way bytes travel through a link: ``"upstream"`` from the connecting
@@ -264,11 +266,12 @@ async def open_link(
     """
     link = Link(target_port, target_host)
     link.port = port
-    async with trio.open_nursery() as nursery:
-        link._nursery = nursery
-        link._listen()
-        try:
-            yield link
-        finally:
-            link._nursery = None
-            nursery.cancel_scope.cancel()
+    with single_error():  # an error of the block comes out as itself, not in a group
+        async with trio.open_nursery() as nursery:
+            link._nursery = nursery
+            link._listen()
+            try:
+                yield link
+            finally:
+                link._nursery = None
+                nursery.cancel_scope.cancel()

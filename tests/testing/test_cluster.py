@@ -130,3 +130,9 @@ async def test_isolate_needs_route_links_and_size_is_checked() -> None:
             with pytest.raises(RuntimeError, match="route_links=True"):
                 cluster.isolate(0)
             await cluster.wait_healthy()
+
+
+async def test_an_error_in_the_block_comes_out_as_itself_not_in_groups() -> None:
+    with trio.fail_after(30), pytest.raises(KeyError, match="mine"):
+        async with open_nats_cluster(3, route_links=True):
+            raise KeyError("mine")

@@ -212,3 +212,14 @@ async def test_an_end_that_breaks_mid_stream_ends_the_connection_not_the_link() 
                     await trio.sleep(0.01)
                 peer.received = b""
             assert link.connections == 3
+
+
+async def test_an_error_in_the_block_comes_out_as_itself() -> None:
+    async def fail_inside() -> None:
+        async with open_link(1) as link:
+            client = await trio.open_tcp_stream("127.0.0.1", link.port)  # refused beyond
+            async with client:
+                raise KeyError("mine")
+
+    with trio.fail_after(10), pytest.raises(KeyError, match="mine"):
+        await fail_inside()
