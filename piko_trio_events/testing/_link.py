@@ -17,6 +17,7 @@ Everything runs in a nursery that the ``async with`` block owns.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 from collections.abc import AsyncIterator
@@ -103,6 +104,7 @@ class Link:
         self._live: set[trio.CancelScope] = set()
         self._nursery: trio.Nursery | None = None
         self._serving: trio.CancelScope | None = None
+        self._listening: trio.socket.SocketType | None = None
 
     def _listen(self) -> None:
         """Listen on ``port`` (a free one when 0) and serve, at once: a client
@@ -117,15 +119,26 @@ class Link:
             sock.close()
             raise
         self.port = sock.getsockname()[1]
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        listening = trio.socket.from_stdlib_socket(sock)
+        listener = trio.SocketListener(listening)
         scope = trio.CancelScope()
-        self._serving = scope
+        self._serving, self._listening = scope, listening
 
         async def serve() -> None:
-            with scope:
+            # A cut closes the socket under the accept: ClosedResourceError.
+            with scope, contextlib.suppress(trio.ClosedResourceError):
                 await trio.serve_listeners(self._handle, [listener])
 
         self._nursery.start_soon(serve)
+
+    def _stop_listening(self) -> None:
+        """Close the listening socket now (a restore may listen again at once)."""
+        if self._serving is not None:
+            self._serving.cancel()
+            self._serving = None
+        if self._listening is not None:
+            self._listening.close()
+            self._listening = None
 
     @property
     def url(self) -> str:
@@ -156,9 +169,7 @@ class Link:
         ways = _ways(direction)
         if len(ways) == 2:
             self._refusing = True
-            if self._serving is not None:
-                self._serving.cancel()  # closes the listening socket
-                self._serving = None
+            self._stop_listening()
             for scope in list(self._live):
                 scope.cancel()
         else:

@@ -223,3 +223,18 @@ async def test_an_error_in_the_block_comes_out_as_itself() -> None:
 
     with trio.fail_after(10), pytest.raises(KeyError, match="mine"):
         await fail_inside()
+
+
+async def test_a_cut_restored_at_once_listens_again_on_the_same_port() -> None:
+    with trio.fail_after(10):
+        async with linked() as (link, peer):
+            port = link.port
+            for i in range(20):
+                link.cut()
+                link.restore()
+                client = await trio.open_tcp_stream("127.0.0.1", port)
+                async with client:
+                    mark = b"%d," % i
+                    await client.send_all(mark)
+                    await peer.wait(lambda mark=mark: peer.received.endswith(mark))
+            assert link.port == port
