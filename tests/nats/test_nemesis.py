@@ -96,7 +96,7 @@ IN, MID, OUT = "orders.placed", "enriched.placed", "shipped.placed"
 STREAMS = {"orders": "PIKO_orders", "enriched": "PIKO_enriched", "shipped": "PIKO_shipped"}
 REPLICAS = 2
 SOAK_MINUTES = float(os.environ.get("PIKO_SOAK_MINUTES", "0"))
-EXAMPLES = int(os.environ.get("PIKO_NEMESIS_EXAMPLES", "3"))
+EXAMPLES = int(os.environ.get("PIKO_NEMESIS_EXAMPLES", "6"))
 #: Bound of one CI example (real time).
 EXAMPLE_TIMEOUT = 150.0
 #: Peak RSS growth allowed (MB) over the run, CI and soak.
