@@ -36,7 +36,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
 import trio
 
 from piko_trio_events import AckError, JetStreamConfig, Message, NatsConfig
@@ -112,15 +111,6 @@ async def test_a_graceful_restart_keeps_every_confirmed_ack() -> None:
     assert not again, f"delivered again after a confirmed ack: {again[:10]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library defect: a message handed out before an outage longer than AckWait is "
-        "redelivered by the restarted server; the first delivery's ack() is confirmed and "
-        "returns True, and the provider then hands out the copy it had already received "
-        "(it should drop a delivery whose stream sequence it confirmed acked)"
-    ),
-)
 async def test_no_delivery_after_a_confirmed_ack_of_a_message_held_across_an_outage() -> None:
     monitor = _free_port()
     with trio.fail_after(30):

@@ -20,14 +20,14 @@ nacks itself. What is checked:
   cancellations and server restarts;
 * a delivery whose confirmed ack (``ack_async=False``) returned True is not
   delivered again to that group, also across every server stop and restart
-  that follows the ack. Two cases are only recorded as events: around a slow
+  that follows the ack. One case is only recorded as an event: around a slow
   handler (the provider says "in progress" only every third of AckWait, so
   the server may resend a message just before it sees the ack), and a
-  message whose handler ran while the server was down: the restarted server
-  redelivers it (AckWait ran out), the first delivery's ack is confirmed
-  anyway and the stale copy is handed out after it; that is a library defect,
-  pinned by a strict xfail in ``test_confirmed_ack.py`` (which also shows
-  that nats-server keeps confirmed acks over a graceful restart);
+  message whose handler ran while the server was down is checked too: the
+  restarted server redelivers it (AckWait ran out) and the provider drops
+  that stale copy once the first delivery's ack is confirmed
+  (``test_confirmed_ack.py``, which also shows that nats-server keeps
+  confirmed acks over a graceful restart);
 * with ``track_message_id=True``, a batch published while the server is
   down (``PublishError``) and published again is stored once (the stream
   holds exactly the published uuids, each group sees one stream sequence
@@ -224,11 +224,8 @@ class Record:
         low, high = ack.handler_start - 2 * ACK_WAIT, ack.at
         if any(start <= high and end >= low for start, end in self.noisy[group]):
             return "around a handler past AckWait"
-        # The handler held the message while the server was down: the library
-        # defect of test_confirmed_ack.py (strict xfail). A stop or restart
-        # after the ack is checked.
-        if any(start <= high and end >= ack.handler_start for start, end in self.noisy[None]):
-            return "handled while the server was down (known defect)"
+        # A stop or restart after the ack is checked, also when the handler
+        # held the message while the server was down (test_confirmed_ack.py).
         return None
 
 
