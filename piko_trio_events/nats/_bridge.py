@@ -133,8 +133,8 @@ class Bridge:
         self._limit = limit
         self._byte_limit = byte_limit
         self._out: deque[Any] = deque()
-        #: Bytes of the encoded commands queued in ``_out`` by producers that
-        #: count them (the core publisher); zero once the pump took them all.
+        #: Bytes of the encoded commands queued in ``_out`` by :meth:`queue`;
+        #: zero once the pump took them all.
         self.queued_bytes = 0
         self._wake: asyncio.Future[None] | None = None
         self._space: trio.Event | None = None
@@ -182,6 +182,18 @@ class Bridge:
         out.append(item)
         if len(out) == 1:
             self._kick()
+
+    def queue(self, commands: list[bytes], size: int) -> bool:
+        """Queue encoded commands (``size`` bytes in all), in order after
+        everything queued before; never waits. True when the queue is now
+        full: the producer should :meth:`wait_space` (backpressure)."""
+        out = self._out
+        was_empty = not out
+        out.extend(commands)
+        queued = self.queued_bytes = self.queued_bytes + size
+        if was_empty:
+            self._kick()
+        return len(out) >= self._limit or queued >= self._byte_limit
 
     @property
     def idle(self) -> bool:

@@ -17,7 +17,6 @@ from piko_trio_events.nats import (
     _core_subscription,
     _internals,
     _limits,
-    _publisher,
     open_nats_provider,
 )
 from piko_trio_events.nats._bridge import Bridge, Inbox
@@ -230,8 +229,8 @@ async def test_a_direct_write_never_overtakes_what_is_queued(
 ) -> None:
     """A command written straight from trio (``_Connection.send``) goes after
     whatever the bridge or nats-py's outgoing buffer still holds."""
-    for module in (_connection, _publisher):  # every send tries the direct write
-        monkeypatch.setattr(module, "_QUIET", -1.0)
+    # Every send tries the direct write (the publisher sends through _Connection.send).
+    monkeypatch.setattr(_connection, "_QUIET", -1.0)
     with trio.fail_after(10):
         async with open_nats_provider(_core_provider(nats_server)) as provider:
             conn = provider._conn
@@ -325,8 +324,7 @@ async def test_sends_close_together_are_batched_not_written_one_by_one(
 ) -> None:
     """Only the first send after a quiet spell is written straight away; the
     next ones wait for the bridge's pump, which writes them in one go."""
-    for module in (_connection, _publisher):  # "close together", however slow the machine
-        monkeypatch.setattr(module, "_QUIET", 60.0)
+    monkeypatch.setattr(_connection, "_QUIET", 60.0)  # "close together", however slow
     with trio.fail_after(10):
         async with open_nats_provider(_core_provider(nats_server)) as provider:
             conn = provider._conn
