@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -245,6 +247,8 @@ class Bridge:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pump until cancelled (trio; one crossing for its whole life)."""
         run_aio_coroutine = self._loop.run_aio_coroutine  # type: ignore[attr-defined]
+        if os.environ.get("PIKO_NATS_PUBLIC_PATH") != "1" and not os.environ.get("PIKO_XB"):
+            run_callbacks_in_batches(self._loop)
         task_status.started()
         await run_aio_coroutine(self._pump())
 
@@ -338,6 +342,47 @@ class Bridge:
         self.publish_errors += count
         if self._on_publish_error is not None:
             self._on_publish_error(exc, count)
+
+
+#: At most this many asyncio callbacks run in one trio scheduling round.
+_CALLBACKS_A_ROUND = 64
+
+
+def run_callbacks_in_batches(loop: asyncio.AbstractEventLoop) -> bool:
+    """Make trio-asyncio's ``loop`` run every asyncio callback already queued
+    (up to ``_CALLBACKS_A_ROUND``) in one trio scheduling round, as asyncio
+    does, instead of one callback a round; False (nothing changed) when
+    this trio-asyncio lacks what that needs.
+
+    trio-asyncio's main loop takes one callback from its queue, runs it and
+    awaits the next (a trio checkpoint: a full scheduling round per asyncio
+    callback). Here, after the step that waited, the steps that follow take
+    what is already queued without waiting (trio-asyncio's own ``no_wait``
+    mode), in order; a due timer is one of them. The callbacks run in the
+    same order, in the same task, only with fewer rounds in between.
+    """
+    one = getattr(loop, "_main_loop_one", None)
+    if one is None or getattr(one, "_piko_batched", False):
+        return False
+    try:
+        if "no_wait" not in inspect.signature(one).parameters:
+            return False
+    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+        return False
+    would_block = trio.WouldBlock
+    limit = _CALLBACKS_A_ROUND
+
+    async def batched(no_wait: bool = False) -> None:
+        await one(no_wait)
+        for _ in range(limit):
+            try:
+                await one(True)
+            except would_block:
+                return
+
+    batched._piko_batched = True  # type: ignore[attr-defined]
+    loop._main_loop_one = batched  # type: ignore[attr-defined]
+    return True
 
 
 class Inbox(Generic[T]):
