@@ -247,7 +247,7 @@ class Bridge:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pump until cancelled (trio; one crossing for its whole life)."""
         run_aio_coroutine = self._loop.run_aio_coroutine  # type: ignore[attr-defined]
-        if os.environ.get("PIKO_NATS_PUBLIC_PATH") != "1" and not os.environ.get("PIKO_XB"):
+        if os.environ.get("PIKO_NATS_PUBLIC_PATH") != "1":
             run_callbacks_in_batches(self._loop)
         task_status.started()
         await run_aio_coroutine(self._pump())

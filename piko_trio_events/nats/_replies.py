@@ -63,8 +63,9 @@ class _Waiter:
         """Wait for every reply, at most ``limit`` seconds and not past
         ``until`` (trio time), shielded from cancellation (what is in flight
         finishes or fails first)."""
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = min(trio.current_time() + limit, until)
+        # (The deadline given to the constructor: setting it on an entered scope
+        # costs several microseconds more, a good part of a JetStream publish.)
+        with trio.CancelScope(shield=True, deadline=min(trio.current_time() + limit, until)):
             await self._done.wait()
 
 

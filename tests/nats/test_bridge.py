@@ -340,3 +340,44 @@ async def test_sends_close_together_are_batched_not_written_one_by_one(
                 assert len(conn.bridge._out) == 2  # queued for one write
                 got = [(await channel.receive()).payload for _ in range(3)]
                 assert got == [b"a", b"b", b"c"]
+
+
+async def test_queued_asyncio_callbacks_run_in_one_round_in_order() -> None:
+    """run_callbacks_in_batches: trio-asyncio runs what is queued in one trio
+    scheduling round (not one callback a round), in order."""
+    import trio_asyncio
+
+    from piko_trio_events.nats._bridge import run_callbacks_in_batches
+
+    class Rounds(trio.abc.Instrument):
+        count = 0
+
+        def before_io_wait(self, timeout: float) -> None:
+            self.count += 1
+
+    async with trio_asyncio.open_loop() as loop:
+        assert run_callbacks_in_batches(loop)
+        assert not run_callbacks_in_batches(loop)  # (once)
+        await trio.testing.wait_all_tasks_blocked()
+        ran: list[int] = []
+        rounds = Rounds()
+        trio.lowlevel.add_instrument(rounds)
+        try:
+            for i in range(40):
+                loop.call_soon(ran.append, i)
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(rounds)
+        assert ran == list(range(40))
+        assert rounds.count <= 4
+
+
+async def test_queue_counts_bytes_and_says_when_full() -> None:
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop() as loop:
+        bridge = Bridge(loop, limit=4, byte_limit=100)
+        assert not bridge.queue([b"x" * 10], 10)
+        assert bridge.queued_bytes == 10
+        assert bridge.queue([b"y" * 90], 90)  # the byte bound
+        assert bridge.full
