@@ -382,7 +382,39 @@ def run_callbacks_in_batches(loop: asyncio.AbstractEventLoop) -> bool:
 
     batched._piko_batched = True  # type: ignore[attr-defined]
     loop._main_loop_one = batched  # type: ignore[attr-defined]
+    io_task = getattr(loop, "_io_task", None)
+    try:
+        same = io_task is not None and list(inspect.signature(io_task).parameters) == [
+            "fd",
+            "handle",
+            "wait_ready",
+        ]
+    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+        same = False
+    if same:
+        loop._io_task = _io_task  # type: ignore[attr-defined]
     return True
+
+
+async def _io_task(fd: int, handle: Any, wait_ready: Callable[[int], Awaitable[None]]) -> None:
+    """trio-asyncio's reader (or writer) task without its ``synchronize()``
+    after each callback: that waits for a callback queued behind everything
+    else (one more round of the task and a callback of the loop for every
+    read), and the next wait for the socket is a schedule point anyway."""
+    with handle._scope:
+        try:
+            while not handle._cancelled:
+                try:
+                    await wait_ready(fd)
+                except OSError:
+                    if handle._cancelled:
+                        break
+                    raise
+                if handle._cancelled:
+                    break
+                handle._run()
+        except Exception as exc:
+            handle._raise(exc)
 
 
 class Inbox(Generic[T]):

@@ -358,6 +358,8 @@ async def test_queued_asyncio_callbacks_run_in_one_round_in_order() -> None:
     async with trio_asyncio.open_loop() as loop:
         assert run_callbacks_in_batches(loop)
         assert not run_callbacks_in_batches(loop)  # (once)
+        # Readers and writers added from now on skip the synchronize() round.
+        assert loop._io_task.__module__ == "piko_trio_events.nats._bridge"
         await trio.testing.wait_all_tasks_blocked()
         ran: list[int] = []
         rounds = Rounds()
