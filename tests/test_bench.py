@@ -157,7 +157,7 @@ def test_latency_scenario_reports_percentiles(tmp_path: Path) -> None:
         assert result["runs"][0]["samples"] == 300
     p99 = ratio(latency, "piko", "raw-nats-py", "p99_us")
     assert p99["ratio"] > 0
-    assert p99["target"] == 1.5
+    assert p99["target"] == 1.2
 
 
 def test_memory_scenarios(tmp_path: Path) -> None:

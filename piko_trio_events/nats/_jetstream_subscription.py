@@ -408,7 +408,8 @@ class _JetStreamSubscription(NatsSubscription):
         replies = self._conn.replies
         waiter = replies.expect(1)
         self._acking.add(waiter)
-        self._conn.send([b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0))])
+        command = b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0))
+        self._conn.send([command], len(command))
         try:
             await waiter.wait(_ACK_TIMEOUT, self._conn.closing_by)
         finally:
