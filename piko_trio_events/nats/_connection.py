@@ -339,23 +339,11 @@ class _Connection:
         otherwise. Else they are queued on the bridge, which writes them in
         order, together with whatever else comes before it runs: under load
         one write carries many commands, not one system call each.
-
-        Nor do they go straight out while other JetStream publishes or
-        confirmed acks wait for their replies: the tasks waiting for those
-        wake together when the server answers, and what they send next then
-        leaves in one write, which the server answers at once. (Written
-        straight away, the first of them would split each such group in
-        two, and the groups would split again at every round trip: with 16
-        tasks publishing, about 3 messages a write instead of 16.)
         """
         if size is None:
             size = sum(map(len, commands))
         now = trio.current_time()
-        if (
-            now - self.last_direct >= _QUIET
-            and self.replies.pending <= 1  # (the caller's own, if any)
-            and self._write_now(commands, size)
-        ):
+        if now - self.last_direct >= _QUIET and self._write_now(commands, size):
             self.last_direct = now
             return False
         return self.bridge.queue(commands, size)

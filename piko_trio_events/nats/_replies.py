@@ -99,11 +99,6 @@ class _Replies:
             None if fast else self._on_reply,
         )
 
-    @property
-    def pending(self) -> int:
-        """Batches (JetStream publishes, confirmed acks) waiting for replies."""
-        return len(self._waiters)
-
     def expect(self, count: int) -> _Waiter:
         self._next += 1
         key = str(self._next)
