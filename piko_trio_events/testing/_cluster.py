@@ -21,6 +21,7 @@ from typing import Literal, TypeAlias
 
 import trio
 
+from .._errors import ConfigError
 from ._link import Link, open_link
 from ._server import NatsServer, _free_port, open_nats_server
 
@@ -103,7 +104,7 @@ class NatsCluster:
         if not self.route_links:
             raise RuntimeError("isolate() needs open_nats_cluster(route_links=True)")
         if side not in ("both", "outbound", "inbound"):
-            raise ValueError(f"side must be 'both', 'outbound' or 'inbound', not {side!r}")
+            raise ConfigError(f"side must be 'both', 'outbound' or 'inbound', not {side!r}")
         index = self._index(node)
         for (source, target), link in self.route_links.items():
             if index not in (source, target):
@@ -213,7 +214,7 @@ async def open_nats_cluster(
     through links stay behind them. Leaving the block stops every node.
     """
     if not isinstance(size, int) or not 1 <= size <= 9:
-        raise ValueError(f"size must be an int from 1 to 9, not {size!r}")
+        raise ConfigError(f"size must be an int from 1 to 9, not {size!r}")
     names = [f"n{i}" for i in range(size)]
     cluster_ports = [_free_port() for _ in range(size)]
     client_ports = [_free_port() for _ in range(size)]

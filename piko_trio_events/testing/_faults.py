@@ -30,6 +30,7 @@ from typing import Literal, TypeAlias
 import trio
 from hypothesis import strategies as st
 
+from .._errors import ConfigError
 from ._cluster import NatsCluster
 from ._link import Link
 
@@ -97,9 +98,9 @@ class FaultStep:
 
     def __post_init__(self) -> None:
         if self.kind not in _WHAT:
-            raise ValueError(f"kind must be one of {sorted(_WHAT)}, not {self.kind!r}")
+            raise ConfigError(f"kind must be one of {sorted(_WHAT)}, not {self.kind!r}")
         if self.node < 0 or self.hold < 0 or self.delay < 0 or self.rest < 0:
-            raise ValueError(f"node, hold, delay and rest must be >= 0: {self!r}")
+            raise ConfigError(f"node, hold, delay and rest must be >= 0: {self!r}")
 
     def describe(self) -> str:
         """``"kill n1 for 0.5s"``: the step in a few words."""
@@ -172,13 +173,13 @@ def fault_schedules(
     """
     kinds = tuple(kinds)
     if not kinds or any(kind not in _WHAT for kind in kinds):
-        raise ValueError(f"kinds must be a non-empty selection of {list(FAULT_KINDS)}: {kinds!r}")
+        raise ConfigError(f"kinds must be a non-empty selection of {list(FAULT_KINDS)}: {kinds!r}")
     if not isinstance(nodes, int) or nodes < 1:
-        raise ValueError(f"nodes must be an int >= 1, not {nodes!r}")
+        raise ConfigError(f"nodes must be an int >= 1, not {nodes!r}")
     if not 0 <= min_steps <= max_steps:
-        raise ValueError(f"need 0 <= min_steps <= max_steps, not {min_steps}, {max_steps}")
+        raise ConfigError(f"need 0 <= min_steps <= max_steps, not {min_steps}, {max_steps}")
     if min(max_hold, max_delay, max_rest) < 0:
-        raise ValueError("max_hold, max_delay and max_rest must be >= 0")
+        raise ConfigError("max_hold, max_delay and max_rest must be >= 0")
 
     def seconds(top: float) -> st.SearchStrategy[float]:
         # Tenths of a second: readable schedules that shrink towards 0.

@@ -26,6 +26,7 @@ from typing import Literal, TypeAlias
 
 import trio
 
+from .._errors import ConfigError
 from .._util import single_error
 
 __all__ = ["Direction", "Link", "open_link"]
@@ -45,7 +46,7 @@ def _ways(direction: Direction) -> tuple[str, ...]:
         return ("upstream", "downstream")
     if direction in ("upstream", "downstream"):
         return (direction,)
-    raise ValueError(f"direction must be 'both', 'upstream' or 'downstream', not {direction!r}")
+    raise ConfigError(f"direction must be 'both', 'upstream' or 'downstream', not {direction!r}")
 
 
 class _Way:
@@ -183,7 +184,7 @@ class Link:
     def delay(self, seconds: float, direction: Direction = "both") -> None:
         """Deliver every chunk ``seconds`` after it was read (0 ends the delay)."""
         if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
-            raise ValueError(f"seconds must be a finite number >= 0, not {seconds!r}")
+            raise ConfigError(f"seconds must be a finite number >= 0, not {seconds!r}")
         for way in _ways(direction):
             self._ways[way].set(delay=float(seconds))
 
