@@ -233,7 +233,6 @@ def checked_payload(payload: object) -> bytes:
 
 #: A NATS header name: an HTTP token (RFC 9110).
 _HEADER_KEY: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_EDGE_WHITESPACE: Final = " \t\v\f"
 
 
 def _checked_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
@@ -255,8 +254,8 @@ def validate_metadata(metadata: Mapping[str, str]) -> None:
             if value and (
                 "\r" in value
                 or "\n" in value
-                or value[0] in _EDGE_WHITESPACE
-                or value[-1] in _EDGE_WHITESPACE
+                or value[0].isspace()
+                or value[-1].isspace()
                 or not (value.isascii() or utf8_encodable(value))
             ):
                 raise InvalidMessageError(
@@ -294,8 +293,9 @@ def _header_value_problem(value: str) -> str | None:
     """Why a NATS header cannot carry ``value`` unchanged, or None if it can."""
     if "\r" in value or "\n" in value:
         return "holds a line break"
-    if value and (value[0] in _EDGE_WHITESPACE or value[-1] in _EDGE_WHITESPACE):
-        # NATS header values lose it on the way: refuse rather than alter.
+    if value and (value[0].isspace() or value[-1].isspace()):
+        # NATS clients strip it on the way (nats-py's publish any Unicode
+        # whitespace, as str.strip() does): refuse rather than alter.
         return "starts or ends with whitespace"
     if not value.isascii() and not utf8_encodable(value):
         return "has no UTF-8 form (a lone surrogate)"

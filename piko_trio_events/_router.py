@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 
@@ -21,7 +21,7 @@ from ._config import RouterConfig
 from ._errors import ConfigError, PikoEventsError, ProviderClosedError
 from ._message import Message
 from ._topics import validate_topic
-from ._types import HandlerFunc, HandlerResult, Middleware, _current_handler
+from ._types import HandlerFunc, HandlerResult, Middleware, _current_handler, handler_outputs
 from ._uuid import derived_uuid
 
 __all__ = ["Handler", "Router"]
@@ -105,23 +105,6 @@ class Handler:
             f"concurrency={self.concurrency})"
         )
 
-    async def _process(self, msg: Message) -> None:
-        """Run the chain on one message and settle it. Never raises Exception.
-
-        ``Router._work`` runs these same steps inline (one coroutine less per message).
-        """
-        try:
-            result = await self._chain(msg)
-            if result is not None:
-                await self._publish_output(msg, result)
-        except Exception as exc:
-            await self._failed(msg, exc)
-            return
-        try:
-            await msg.ack()
-        except PikoEventsError as exc:
-            self._ack_failed(msg, exc)
-
     async def _failed(self, msg: Message, exc: Exception) -> None:
         """The chain raised ``exc``: log it and nack. Never raises Exception."""
         logger.warning(
@@ -145,21 +128,17 @@ class Handler:
         logger.warning("handler %r: ack of %s failed: %r", self.name, msg.uuid, exc)
 
     async def _publish_output(self, msg: Message, result: HandlerResult) -> None:
-        outputs: Sequence[Message]
-        if isinstance(result, Message):
-            outputs = (result,)
-        elif isinstance(result, Sequence) and not isinstance(result, str | bytes):
-            outputs = result
-            for out in outputs:
-                if not isinstance(out, Message):
-                    raise HandlerOutputError(
-                        f"handler {self.name!r} returned {type(out).__name__}, not a Message"
-                    )
-        else:
+        outputs = handler_outputs(result)
+        if outputs is None:
             raise HandlerOutputError(
                 f"handler {self.name!r} must return None, a Message or a sequence of "
                 f"Messages, not {type(result).__name__}"
             )
+        for out in outputs:
+            if not isinstance(out, Message):
+                raise HandlerOutputError(
+                    f"handler {self.name!r} returned {type(out).__name__}, not a Message"
+                )
         if not outputs:
             return
         if self._publish is None:
@@ -167,11 +146,12 @@ class Handler:
                 f"handler {self.name!r} returned {len(outputs)} message(s) but has no publish_topic"
             )
         parent = msg.uuid
-        for position, out in enumerate(outputs):
+        messages = cast(Sequence[Message], outputs)
+        for position, out in enumerate(messages):
             if not out._uuid_given:
                 out._uuid = derived_uuid(parent, self.name, position)
                 out._uuid_given = True
-        await self._publish(self.publish_topic, *outputs)
+        await self._publish(self.publish_topic, *messages)
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -464,13 +444,15 @@ class Router:
                 self._idle.set()
 
     async def _work(self, handler: Handler, channel: trio.abc.ReceiveChannel[Message]) -> None:
-        """Take messages and process them inline, one at a time, until intake stops.
+        """Take messages and process them, one at a time, until intake stops.
 
         One cancel scope per worker, not one per wait (entering and leaving a
         trio CancelScope costs about 3 us, more than a bare channel's whole
         message): :meth:`_close` cancels it only while the worker waits in
         ``receive()``, so a message being processed is never interrupted by
-        the end of intake.
+        the end of intake. A message that reached the worker as that scope
+        was cancelled is processed after it, like any in-flight message:
+        shielded from the end of intake but not past the drain's deadline.
         """
         # In-process channels offer _take_nowait(): receive_nowait() that returns
         # None rather than raising WouldBlock (a raise per wait costs ~0.3 us).
@@ -479,52 +461,72 @@ class Router:
             receive_nowait = getattr(channel, "receive_nowait", None)
             if receive_nowait is not None:
                 take = _or_none(receive_nowait)
-        receive = channel.receive
-        process = handler._process
-        chain = handler._chain
         intake = _Intake()
+        late = None
         with trio.CancelScope() as scope:
             intake.scope = scope
             self._intakes.add(intake)
             try:
-                while not self._stopping:
-                    msg: Message | None = None
-                    if take is not None:
-                        try:
-                            msg = take()
-                        except (trio.EndOfChannel, trio.ClosedResourceError):
-                            return
-                    if msg is None:
-                        intake.waiting = True
-                        try:
-                            msg = await receive()
-                        except (trio.EndOfChannel, trio.ClosedResourceError):
-                            return
-                        finally:
-                            intake.waiting = False
-                        if self._stopping:
-                            # _close cancelled this scope while the message was
-                            # already on its way here (scope.cancel_called would
-                            # say the same, but reads the clock): process it like
-                            # any in-flight message, shielded from the end of
-                            # intake but not past the drain's deadline.
-                            with trio.CancelScope(shield=True, deadline=self._close_deadline):
-                                await process(msg)
-                            return
-                    # handler._process(msg), inline: one coroutine less per message.
-                    try:
-                        result = await chain(msg)
-                        if result is not None:
-                            await handler._publish_output(msg, result)
-                    except Exception as exc:
-                        await handler._failed(msg, exc)
-                        continue
-                    try:
-                        await msg.ack()
-                    except PikoEventsError as exc:
-                        handler._ack_failed(msg, exc)
+                late = await self._process(handler, take, channel.receive, intake)
             finally:
                 self._intakes.discard(intake)
+        if late is not None:
+            with trio.CancelScope(shield=True, deadline=self._close_deadline):
+                await self._process(handler, None, None, intake, late)
+
+    async def _process(
+        self,
+        handler: Handler,
+        take: Callable[[], Message | None] | None,
+        receive: Callable[[], Awaitable[Message]] | None,
+        intake: _Intake,
+        msg: Message | None = None,
+    ) -> Message | None:
+        """Process ``msg`` (if given), then take messages and process each
+        until intake stops; run its chain, publish its output, then ack it,
+        or nack it if any of that raised. Never raises Exception.
+
+        The one place a message is processed, inline in the loop (a coroutine
+        per message would cost more than a bare channel's whole message).
+        Returns a message received as intake stopped (see :meth:`_work`),
+        None otherwise.
+        """
+        chain = handler._chain
+        while True:
+            if msg is None:
+                if self._stopping or receive is None:
+                    return None
+                if take is not None:
+                    try:
+                        msg = take()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return None
+                if msg is None:
+                    intake.waiting = True
+                    try:
+                        msg = await receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return None
+                    finally:
+                        intake.waiting = False
+                    if self._stopping:
+                        # _close cancelled the scope while the message was already
+                        # on its way here (scope.cancel_called would say the same,
+                        # but reads the clock).
+                        return msg
+            try:
+                result = await chain(msg)
+                if result is not None:
+                    await handler._publish_output(msg, result)
+            except Exception as exc:
+                await handler._failed(msg, exc)
+                msg = None
+                continue
+            try:
+                await msg.ack()
+            except PikoEventsError as exc:
+                handler._ack_failed(msg, exc)
+            msg = None
 
 
 def _or_none(receive_nowait: Callable[[], Message]) -> Callable[[], Message | None]:

@@ -45,7 +45,14 @@ SCRIPTS: list[tuple[str, tuple[str, ...], bool, str]] = [
     ("shop.py", ("--nats",), True, "no one serves ShipOrder (the server said so)"),
 ]
 # Example test files, run with pytest.
-TEST_FILES = ["test_my_handlers.py", "test_ledger_idempotency.py", "test_cqrs_handlers.py"]
+TEST_FILES = [
+    "test_my_handlers.py",
+    "test_ledger_idempotency.py",
+    "test_cqrs_handlers.py",
+    "test_fault_tools.py",
+]
+# Example test files with nothing to run without NATS.
+NATS_ONLY_TEST_FILES = {"test_fault_tools.py"}
 
 TIMEOUT = 120.0
 
@@ -135,7 +142,15 @@ def test_quickstart_step_3_shows_one_trace_and_the_metrics_on_nats() -> None:
 
 
 @pytest.mark.skipif(not HAVE_HYPOTHESIS, reason="needs hypothesis")
-@pytest.mark.parametrize("name", TEST_FILES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=[pytest.mark.nats, needs_nats])
+        if name in NATS_ONLY_TEST_FILES
+        else name
+        for name in TEST_FILES
+    ],
+)
 def test_example_test_file_passes(name: str) -> None:
     args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / name)]
     if not HAVE_NATS:

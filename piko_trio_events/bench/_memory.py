@@ -5,13 +5,17 @@ the producer, ``size`` random bytes each) between two tasks through a buffer
 of the same size:
 
 - ``bare-channel``: ``await send.send(msg)`` -> ``async for msg in receive``;
+- ``handler-pipe``: the stricter pipe an application without this library
+  writes: a small object per message (not a ``Message``) through the same
+  channel, and the consumer awaits a handler coroutine for each one;
 - ``memory-provider``: ``await publisher.publish(topic, msg)`` -> a router
   handler (returns None) -> the router acks the message.
 
 The clock runs from the producer's start until the consumer has taken the
 last message (the provider acks it before the consumer task next yields).
 Each contender warms up with ``warmup`` messages in a separate ``trio.run``
-first. The foundation issue's target: the provider at >= 0.9x the bare pipe.
+first. Targets: the provider at >= 0.9x the bare pipe (the foundation issue)
+and >= 0.9x the handler pipe (issue 11).
 """
 
 from __future__ import annotations
@@ -46,10 +50,14 @@ def scenario(
         ),
         contenders=(
             Contender("bare-channel", f"{__name__}:run_bare_channel"),
+            Contender("handler-pipe", f"{__name__}:run_handler_pipe"),
             Contender("memory-provider", f"{__name__}:run_memory_provider"),
         ),
-        baselines=("bare-channel",),
-        targets=(Target("memory-provider", "bare-channel", 0.9),),
+        baselines=("bare-channel", "handler-pipe"),
+        targets=(
+            Target("memory-provider", "bare-channel", 0.9),
+            Target("memory-provider", "handler-pipe", 0.9),
+        ),
         params={"messages": messages, "size": size, "buffer": buffer, "warmup": warmup},
     )
 
@@ -105,6 +113,55 @@ async def _bare_channel(count: int, payload: bytes, buffer: int) -> tuple[float,
         seconds = time.perf_counter() - started
     if received != count:
         raise RuntimeError(f"bare channel: {received} of {count} messages received")
+    return seconds, {}
+
+
+# -- a channel of small objects, a handler coroutine awaited per object -----------------------
+
+
+class _Event:
+    """The small object an application would pass through its own pipe."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+def run_handler_pipe(params: Mapping[str, Any]) -> dict[str, Any]:
+    return _timed(_handler_pipe, *_args(params))
+
+
+async def _handler_pipe(count: int, payload: bytes, buffer: int) -> tuple[float, dict[str, Any]]:
+    send, receive = trio.open_memory_channel[_Event](buffer)
+    done = trio.Event()
+    received = 0
+
+    async def handle(event: _Event) -> None:
+        nonlocal received
+        received += 1
+        if received == count:
+            done.set()
+
+    async def produce() -> None:
+        async with send:
+            for _ in range(count):
+                await send.send(_Event(payload))
+
+    async def consume() -> None:
+        async with receive:
+            async for event in receive:
+                await handle(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        await wait_all_tasks_blocked()
+        started = time.perf_counter()
+        nursery.start_soon(produce)
+        await done.wait()
+        seconds = time.perf_counter() - started
+    if received != count:
+        raise RuntimeError(f"handler pipe: {received} of {count} messages received")
     return seconds, {}
 
 

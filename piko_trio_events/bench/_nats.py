@@ -101,6 +101,8 @@ def core(size: int, counts: Counts, timeout: float) -> Scenario:
     targets: tuple[Target, ...] = ()
     if size == 128:
         targets = (Target(PIKO, RAW, 1.0), Target(PIKO, FASTSTREAM, 5.0))
+    elif size == 65536:
+        targets = (Target(PIKO, RAW, 1.0),)
     return Scenario(
         name=f"core-{label.replace(' ', '')}",
         title=(
@@ -115,24 +117,65 @@ def core(size: int, counts: Counts, timeout: float) -> Scenario:
     )
 
 
-def js_publish(batch: int, counts: Counts, timeout: float) -> Scenario:
+def js_publish(batch: int, counts: Counts, timeout: float, tasks: int = 1) -> Scenario:
     count = counts.js_publish if batch == 1 else counts.js_publish_batch
-    if batch == 1:
+    if batch == 1 and tasks > 1:
+        count *= 2
+        title = f"JetStream publish, {tasks} tasks publishing one message a call each"
+        how = (
+            f"{tasks} tasks each: raw: js.publish; faststream: broker.publish(stream=...);"
+            " piko: publish(topic, m)"
+        )
+        name = f"js-publish-{tasks}tasks"
+        target: tuple[Target, ...] = (Target(PIKO, RAW, 2.0),)
+    elif batch == 1:
         title = "JetStream publish, one message a call, awaiting its store ack"
         how = "raw: js.publish; faststream: broker.publish(stream=...); piko: publish(topic, m)"
+        name = "js-publish"
+        target = (Target(PIKO, RAW, 1.0),)
     else:
         title = f"JetStream publish, {batch} messages a call, awaiting their store acks"
         how = "raw: publish_async x100 + gather; piko: publish(topic, *100 messages)"
+        name = f"js-publish-batch{batch}"
+        target = (Target(PIKO, RAW, 0.9),)
     return Scenario(
-        name="js-publish" if batch == 1 else f"js-publish-batch{batch}",
+        name=name,
         title=f"{title}, 128 B, {count:,} a run ({how})",
         contenders=_three(
             "run_js_publish",
             fs_na=None if batch == 1 else "FastStream's NATS broker has no batch publish",
         ),
         baselines=(RAW, FASTSTREAM),
-        targets=() if batch == 1 else (Target(PIKO, RAW, 0.9),),
-        params=_params(count, timeout, size=128, batch=batch, warmup=100 if batch == 1 else 1_000),
+        targets=target,
+        params=_params(
+            count,
+            timeout,
+            size=128,
+            batch=batch,
+            tasks=tasks,
+            warmup=100 if batch == 1 else 1_000,
+        ),
+        setup=nats_server,
+    )
+
+
+def js_consume_concurrent(concurrency: int, counts: Counts, timeout: float) -> Scenario:
+    count = counts.js_confirmed * 2
+    return Scenario(
+        name=f"js-consume-confirmed-c{concurrency}",
+        title=(
+            f"JetStream consume + confirmed ack of a pre-filled stream, 128 B, {count:,} a run"
+            f" (raw: pull fetch(256) + ack_sync(), one at a time; piko: ack_async=False,"
+            f" subscribers_count {concurrency}: the confirmed acks of concurrent handlers"
+            " pipelined, each confirmed before ack() returns)"
+        ),
+        contenders=(
+            _raw("run_js_consume"),
+            _trio(PIKO, f"{_PIKO}:run_js_consume", concurrency=concurrency),
+        ),
+        baselines=(RAW,),
+        targets=(Target(PIKO, RAW, 1.5),),
+        params=_params(count, timeout, size=128, ack="confirmed"),
         setup=nats_server,
     )
 
@@ -178,7 +221,10 @@ def latency(counts: Counts, timeout: float) -> Scenario:
         ),
         contenders=_three("run_latency"),
         baselines=(RAW, FASTSTREAM),
-        targets=(Target(PIKO, RAW, 1.5, metric="p99_us"),),
+        targets=(
+            Target(PIKO, RAW, 1.2, metric="p99_us"),
+            Target(PIKO, RAW, 1.5, metric="p999_us"),
+        ),
         params=_params(
             counts.latency,
             timeout,
@@ -219,9 +265,11 @@ def _names() -> list[str]:
         "core-1KiB",
         "core-64KiB",
         "js-publish",
+        "js-publish-16tasks",
         "js-publish-batch100",
         "js-consume-async",
         "js-consume-confirmed",
+        "js-consume-confirmed-c8",
         "latency",
         "scaling",
     ]
@@ -237,6 +285,8 @@ HELP: dict[str, str] = {
     "core-1KiB": "core NATS publish -> handler, 1 KiB (raw nats-py, FastStream, piko)",
     "core-64KiB": "core NATS publish -> handler, 64 KiB (raw nats-py, FastStream, piko)",
     "js-publish": "JetStream publish, one message a call (raw nats-py, FastStream, piko)",
+    "js-publish-16tasks": "JetStream publish, 16 tasks one message a call (raw, FastStream, piko)",
+    "js-consume-confirmed-c8": "JetStream confirmed ack, piko subscribers_count 8 vs raw ack_sync",
     "js-publish-batch100": "JetStream publish, 100 messages a call (raw nats-py, piko)",
     "js-consume-async": "JetStream consume + fire-and-forget ack (raw, FastStream, piko)",
     "js-consume-confirmed": "JetStream consume + confirmed ack (raw, FastStream, piko)",
@@ -252,6 +302,10 @@ def build(name: str, counts: Counts, timeout: float) -> Scenario:
         return core(size, counts, timeout)
     if name == "js-publish":
         return js_publish(1, counts, timeout)
+    if name == "js-publish-16tasks":
+        return js_publish(1, counts, timeout, tasks=16)
+    if name == "js-consume-confirmed-c8":
+        return js_consume_concurrent(8, counts, timeout)
     if name == "js-publish-batch100":
         return js_publish(100, counts, timeout)
     if name.startswith("js-consume-"):

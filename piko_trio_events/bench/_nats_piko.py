@@ -104,10 +104,20 @@ async def _js_publish(params: Mapping[str, Any]) -> dict[str, Any]:
         publish = provider.publisher.publish
         for _ in range(int(params["warmup"]) // batch or 1):  # provisions the stream too
             await publish(topic, *[Message(payload) for _ in range(batch)])
-        started = time.perf_counter()
-        if batch == 1:
-            for _ in range(calls):
+        tasks = int(params.get("tasks", 1))
+        calls -= calls % tasks
+
+        async def publisher(n: int) -> None:
+            for _ in range(n):
                 await publish(topic, Message(payload))
+
+        started = time.perf_counter()
+        if batch == 1 and tasks == 1:
+            await publisher(calls)
+        elif batch == 1:  # concurrent tasks, one message a call each
+            async with trio.open_nursery() as nursery:
+                for _ in range(tasks):
+                    nursery.start_soon(publisher, calls // tasks)
         else:
             for _ in range(calls):
                 await publish(topic, *[Message(payload) for _ in range(batch)])

@@ -85,9 +85,18 @@ async def _js_publish(params: Mapping[str, Any]) -> dict[str, Any]:
     publish = broker.publish
     for _ in range(int(params["warmup"]) or 1):
         await publish(payload, subject, headers=_headers(), stream=stream)
+    tasks = int(params.get("tasks", 1))
+    count -= count % tasks
+
+    async def publisher(n: int) -> None:
+        for _ in range(n):
+            await publish(payload, subject, headers=_headers(), stream=stream)
+
     started = time.perf_counter()
-    for _ in range(count):
-        await publish(payload, subject, headers=_headers(), stream=stream)
+    if tasks == 1:
+        await publisher(count)
+    else:
+        await asyncio.gather(*(publisher(count // tasks) for _ in range(tasks)))
     seconds = time.perf_counter() - started
     await broker.stop()
     return {"messages": count, "seconds": seconds}

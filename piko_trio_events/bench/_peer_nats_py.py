@@ -125,9 +125,18 @@ async def _js_publish(params: Mapping[str, Any]) -> dict[str, Any]:
     calls = count // batch
     for _ in range(int(params["warmup"]) // batch or 1):
         await _publish_batch(js, subject, payload, batch)
+    tasks = int(params.get("tasks", 1))
+    calls -= calls % tasks
+
+    async def publisher(n: int) -> None:
+        for _ in range(n):
+            await _publish_batch(js, subject, payload, batch)
+
     started = time.perf_counter()
-    for _ in range(calls):
-        await _publish_batch(js, subject, payload, batch)
+    if tasks == 1:
+        await publisher(calls)
+    else:  # concurrent tasks, one message a call each
+        await asyncio.gather(*(publisher(calls // tasks) for _ in range(tasks)))
     seconds = time.perf_counter() - started
     await nc.close()
     return {"messages": calls * batch, "seconds": seconds}

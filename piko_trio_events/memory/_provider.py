@@ -416,15 +416,16 @@ class MemorySubscription(trio.abc.ReceiveChannel[Message]):
         return self._deliver(self._queue.get_nowait())
 
     async def receive(self) -> Message:
-        await checkpoint_if_cancelled()
-        if self._state != _OPEN:
-            self._raise_closed()
         queue = self._queue
-        if queue.items:
+        if queue.items or self._state != _OPEN:
+            await checkpoint_if_cancelled()
+            if self._state != _OPEN:
+                self._raise_closed()
             env = queue.get_nowait()
             await cancel_shielded_checkpoint()
         else:
             # No WouldBlock raised and caught: the router's loop just had one.
+            # (A cancel point already: a cancelled task's wait is aborted at once.)
             env = await queue.get(self)
             if self._state != _OPEN:
                 # Handed to this task just before the subscription closed: it was

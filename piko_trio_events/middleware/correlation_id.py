@@ -6,7 +6,7 @@ from typing import Final
 
 from .._errors import ConfigError
 from .._message import Message
-from .._types import HandlerFunc, HandlerResult, Middleware
+from .._types import HandlerFunc, HandlerResult, Middleware, handler_outputs
 
 __all__ = [
     "CORRELATION_ID_KEY",
@@ -67,14 +67,10 @@ def _correlate(handler: HandlerFunc) -> HandlerFunc:
         cid = msg.metadata.get(CORRELATION_ID_KEY)
         if not cid:
             return result
-        if isinstance(result, Message):
-            if not result.metadata.get(CORRELATION_ID_KEY):
-                result.metadata[CORRELATION_ID_KEY] = cid
-        else:
-            for out in result:
-                # Anything but a Message is left for the router to report.
-                if isinstance(out, Message) and not out.metadata.get(CORRELATION_ID_KEY):
-                    out.metadata[CORRELATION_ID_KEY] = cid
+        for out in handler_outputs(result) or ():
+            # Anything but a Message is left for the router to report.
+            if isinstance(out, Message) and not out.metadata.get(CORRELATION_ID_KEY):
+                out.metadata[CORRELATION_ID_KEY] = cid
         return result
 
     return correlating

@@ -15,7 +15,6 @@ semantic conventions and never hold a payload.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from opentelemetry import context as otel_context
@@ -23,7 +22,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._message import Message
-from .._types import HandlerFunc, HandlerResult, Middleware, current_handler_name
+from .._types import (
+    HandlerFunc,
+    HandlerResult,
+    Middleware,
+    current_handler_name,
+    handler_outputs,
+)
 from .correlation_id import CORRELATION_ID_KEY
 
 if TYPE_CHECKING:
@@ -305,12 +310,8 @@ def _system_of(msg: Message) -> str:
 def _inject_outputs(
     propagator: TextMapPropagator, msg: Message, result: HandlerResult, ctx: Context
 ) -> None:
-    outputs: Sequence[object]
-    if isinstance(result, Message):
-        outputs = (result,)
-    elif isinstance(result, Sequence) and not isinstance(result, str | bytes):
-        outputs = result
-    else:
+    outputs = handler_outputs(result)
+    if outputs is None:
         return  # not messages: the router reports it
     fields = propagator.fields
     source = msg.metadata

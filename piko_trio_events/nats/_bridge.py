@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -133,8 +135,8 @@ class Bridge:
         self._limit = limit
         self._byte_limit = byte_limit
         self._out: deque[Any] = deque()
-        #: Bytes of the encoded commands queued in ``_out`` by producers that
-        #: count them (the core publisher); zero once the pump took them all.
+        #: Bytes of the encoded commands queued in ``_out`` by :meth:`queue`;
+        #: zero once the pump took them all.
         self.queued_bytes = 0
         self._wake: asyncio.Future[None] | None = None
         self._space: trio.Event | None = None
@@ -182,6 +184,18 @@ class Bridge:
         out.append(item)
         if len(out) == 1:
             self._kick()
+
+    def queue(self, commands: list[bytes], size: int) -> bool:
+        """Queue encoded commands (``size`` bytes in all), in order after
+        everything queued before; never waits. True when the queue is now
+        full: the producer should :meth:`wait_space` (backpressure)."""
+        out = self._out
+        was_empty = not out
+        out.extend(commands)
+        queued = self.queued_bytes = self.queued_bytes + size
+        if was_empty:
+            self._kick()
+        return len(out) >= self._limit or queued >= self._byte_limit
 
     @property
     def idle(self) -> bool:
@@ -233,6 +247,8 @@ class Bridge:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the pump until cancelled (trio; one crossing for its whole life)."""
         run_aio_coroutine = self._loop.run_aio_coroutine  # type: ignore[attr-defined]
+        if os.environ.get("PIKO_NATS_PUBLIC_PATH") != "1":
+            run_callbacks_in_batches(self._loop)
         task_status.started()
         await run_aio_coroutine(self._pump())
 
@@ -326,6 +342,79 @@ class Bridge:
         self.publish_errors += count
         if self._on_publish_error is not None:
             self._on_publish_error(exc, count)
+
+
+#: At most this many asyncio callbacks run in one trio scheduling round.
+_CALLBACKS_A_ROUND = 64
+
+
+def run_callbacks_in_batches(loop: asyncio.AbstractEventLoop) -> bool:
+    """Make trio-asyncio's ``loop`` run every asyncio callback already queued
+    (up to ``_CALLBACKS_A_ROUND``) in one trio scheduling round, as asyncio
+    does, instead of one callback a round; False (nothing changed) when
+    this trio-asyncio lacks what that needs.
+
+    trio-asyncio's main loop takes one callback from its queue, runs it and
+    awaits the next (a trio checkpoint: a full scheduling round per asyncio
+    callback). Here, after the step that waited, the steps that follow take
+    what is already queued without waiting (trio-asyncio's own ``no_wait``
+    mode), in order; a due timer is one of them. The callbacks run in the
+    same order, in the same task, only with fewer rounds in between.
+    """
+    one = getattr(loop, "_main_loop_one", None)
+    if one is None or getattr(one, "_piko_batched", False):
+        return False
+    try:
+        if "no_wait" not in inspect.signature(one).parameters:
+            return False
+    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+        return False
+    would_block = trio.WouldBlock
+    limit = _CALLBACKS_A_ROUND
+
+    async def batched(no_wait: bool = False) -> None:
+        await one(no_wait)
+        for _ in range(limit):
+            try:
+                await one(True)
+            except would_block:
+                return
+
+    batched._piko_batched = True  # type: ignore[attr-defined]
+    loop._main_loop_one = batched  # type: ignore[attr-defined]
+    io_task = getattr(loop, "_io_task", None)
+    try:
+        same = io_task is not None and list(inspect.signature(io_task).parameters) == [
+            "fd",
+            "handle",
+            "wait_ready",
+        ]
+    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+        same = False
+    if same:
+        loop._io_task = _io_task  # type: ignore[attr-defined]
+    return True
+
+
+async def _io_task(fd: int, handle: Any, wait_ready: Callable[[int], Awaitable[None]]) -> None:
+    """trio-asyncio's reader (or writer) task without its ``synchronize()``
+    after each callback: that waits for a callback queued behind everything
+    else (one more round of the task and a callback of the loop for every
+    read), and the next wait for the socket is a schedule point anyway."""
+    with handle._scope:
+        try:
+            while not handle._cancelled:
+                try:
+                    await wait_ready(fd)
+                except OSError:
+                    if handle._cancelled:
+                        break
+                    raise
+                if handle._cancelled:
+                    break
+                handle._run()
+        except Exception as exc:
+            handle._raise(exc)
 
 
 class Inbox(Generic[T]):

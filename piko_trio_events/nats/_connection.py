@@ -189,6 +189,8 @@ class _Connection:
 
     async def _reconnected_cb(self) -> None:
         self.auth_failures = 0
+        if self.fast and self.nc is not None:
+            internals.read_in_place(self.nc)  # (a new transport)
         self._event("reconnected")
 
     async def _closed_cb(self) -> None:
@@ -300,6 +302,7 @@ class _Connection:
         self.fast = internals.available(nc)
         if self.fast:
             internals.take_raw_messages(nc)
+            internals.read_in_place(nc)
         write = self._write if self.fast else self._write_public
         self.bridge.set_publisher(nc.publish, write, self._on_publish_error)
         if not config.jetstream.disabled:
@@ -322,8 +325,10 @@ class _Connection:
                 "disconnected and the reconnect buffer is full", unconfirmed=len(commands)
             )
 
-    def send(self, commands: list[bytes]) -> None:
-        """Send encoded commands in order with everything queued before (trio).
+    def send(self, commands: list[bytes], size: int | None = None) -> bool:
+        """Send encoded commands (``size`` bytes in all) in order with
+        everything queued before (trio); never waits. True when the bridge's
+        queue is full: the caller should wait for room (backpressure).
 
         After a quiet spell (nothing written straight from here for
         ``_QUIET`` seconds), and when nothing is queued ahead of them (the
@@ -335,31 +340,28 @@ class _Connection:
         order, together with whatever else comes before it runs: under load
         one write carries many commands, not one system call each.
         """
+        if size is None:
+            size = sum(map(len, commands))
         now = trio.current_time()
-        if now - self.last_direct >= _QUIET and self._write_now(commands):
+        if now - self.last_direct >= _QUIET and self._write_now(commands, size):
             self.last_direct = now
-        else:
-            bridge = self.bridge
-            out = bridge._out
-            was_empty = not out
-            out.extend(commands)
-            if was_empty:
-                bridge._kick()
+            return False
+        return self.bridge.queue(commands, size)
 
-    def _write_now(self, commands: list[bytes]) -> bool:
+    def _write_now(self, commands: list[bytes], size: int) -> bool:
         nc = self.nc
-        if not self.fast or nc is None or not nc.is_connected or not self.bridge.idle:
+        if (
+            not self.fast
+            or size > _WRITE_NOW_BYTES
+            or nc is None
+            or not nc.is_connected
+            or not self.bridge.idle
+        ):
             return False
         transport = internals.socket_writer(nc)
         if transport is None:  # queued output, backpressure, or not a stream socket
             return False
-        size = 0
-        for command in commands:
-            size += len(command)
-        if size > _WRITE_NOW_BYTES:
-            return False
-        data = commands[0] if len(commands) == 1 else b"".join(commands)
-        transport.write(data)
+        transport.write(commands[0] if len(commands) == 1 else b"".join(commands))
         internals.count_out(nc, len(commands), size)
         return True
 

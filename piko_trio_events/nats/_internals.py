@@ -36,6 +36,7 @@ __all__ = [
     "give_up_reconnecting",
     "missing",
     "parse_header_lines",
+    "read_in_place",
     "server_info",
     "set_reconnect_policy",
     "socket_writer",
@@ -57,16 +58,19 @@ CLIENT_ATTRIBUTES: Final = (
     "_transport",
     "_server_pool",
     "_server_info",
+    "_ps",
     "options",
     "stats",
 )
 #: Attributes the classes' ``__init__`` sets, by class (``module:Class``).
 INIT_ATTRIBUTES: Final = {
     "nats.aio.subscription:Subscription": ("_future", "_received"),
-    "nats.aio.transport:TcpTransport": ("_io_writer",),
+    "nats.aio.transport:TcpTransport": ("_io_writer", "_io_reader"),
+    "asyncio.streams:StreamReader": ("_buffer", "_waiter", "_exception"),
 }
-#: Other names: ``Client._parse_header_lines``, ``Srv.reconnects`` and the
-#: ``future`` parameter of ``Client.subscribe``.
+#: Other names: ``Client._parse_header_lines``, ``Client._process_op_err``,
+#: ``Parser.parse``, ``Srv.reconnects`` and the ``future`` parameter of
+#: ``Client.subscribe``.
 _missing_by_type: dict[type, tuple[str, ...]] = {}
 
 
@@ -86,6 +90,10 @@ def missing(nc: Any) -> tuple[str, ...]:
     gone = [name for name in CLIENT_ATTRIBUTES if not hasattr(nc, name)]
     if not callable(getattr(kind, "_parse_header_lines", None)):
         gone.append("Client._parse_header_lines")
+    if not callable(getattr(kind, "_process_op_err", None)):
+        gone.append("Client._process_op_err")
+    if not callable(getattr(_class("nats.protocol.parser:Parser"), "parse", None)):
+        gone.append("Parser.parse")
     subscribe = getattr(kind, "subscribe", None)
     try:
         if subscribe is None or "future" not in inspect.signature(subscribe).parameters:
@@ -239,6 +247,104 @@ def take_raw_messages(nc: Client) -> None:
         await process(sid, subject, reply, data, headers)
 
     cast(Any, nc)._process_msg = process_msg
+
+
+def read_in_place(nc: Client) -> bool:
+    """Parse what the server sends where it is received, in the transport's
+    ``data_received`` (trio-asyncio runs it in its reader task), not one
+    scheduling round later in nats-py's read loop task; False (nothing
+    changed) when the connection's transport has no stream reader.
+
+    The reader's ``feed_data`` is wrapped: a chunk goes through nats-py's own
+    parser at once when nats-py's read loop waits for data with nothing
+    buffered (so nothing read before can be overtaken) and the parse ends
+    without waiting, which it does for messages and replies (a message of
+    a :class:`ReadLoopDispatch` subscription goes to its callback there;
+    others to nats-py's queues as usual). If a parse has to wait (an error
+    being handled, a PONG on a full buffer), an asyncio task finishes it and
+    takes the chunks that arrive meanwhile, in order. Anything else (the
+    read loop busy, data buffered, end of stream, errors of the socket)
+    goes to the reader as before, for the read loop. The wrap goes with the
+    transport: after a reconnect, call this again for the new one.
+    """
+    import asyncio
+
+    from nats.errors import ProtocolError
+
+    found = getattr(nc._transport, "_io_reader", None)
+    if type(found) is not asyncio.StreamReader:
+        return False
+    reader: Any = found
+    if getattr(reader.feed_data, "_piko_in_place", False):
+        return True
+    feed = reader.feed_data
+    parse = nc._ps.parse
+    backlog: list[bytes] = []
+    finishing: list[bool] = []  # [True] while a task finishes a parse that waited
+
+    async def failed(error: BaseException) -> None:
+        # As nats-py's read loop does with an error of the parser.
+        if isinstance(error, ProtocolError):
+            await nc._process_op_err(ProtocolError())
+        else:
+            logger.error("nats: encountered error", exc_info=error)
+
+    async def finish(coro: Any, waiting: Any) -> None:
+        try:
+            while True:  # drive the parse that waited, as a task would
+                try:
+                    if waiting is None:
+                        await asyncio.sleep(0)
+                    else:
+                        await waiting
+                except BaseException as exc:  # handed to the parse, as a task does
+                    waiting = coro.throw(exc)
+                else:
+                    waiting = coro.send(None)
+        except StopIteration:
+            pass
+        except asyncio.CancelledError:
+            finishing.clear()
+            raise
+        except BaseException as exc:
+            await failed(exc)
+        try:
+            while backlog:
+                await parse(backlog.pop(0))
+        except BaseException as exc:
+            backlog.clear()
+            await failed(exc)
+        finally:
+            finishing.clear()
+
+    def feed_data(data: bytes) -> None:
+        if finishing:
+            backlog.append(bytes(data))
+            return
+        if (
+            reader._waiter is None
+            or reader._buffer
+            or reader._exception is not None
+            or not data
+            or nc.is_reconnecting
+            or nc.is_closed
+        ):
+            feed(data)
+            return
+        coro = parse(bytes(data))
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except BaseException as exc:
+            asyncio.get_event_loop().create_task(failed(exc))
+            return
+        finishing.append(True)
+        asyncio.get_event_loop().create_task(finish(coro, waiting))
+
+    feed_data._piko_in_place = True  # type: ignore[attr-defined]
+    setattr(reader, "feed_data", feed_data)  # noqa: B010 (an instance attribute, on purpose)
+    return True
 
 
 def parse_header_lines(block: bytes) -> dict[str, str]:

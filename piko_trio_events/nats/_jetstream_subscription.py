@@ -20,6 +20,7 @@ from ._connection import _no_jetstream
 from ._limits import (
     _ACK_TIMEOUT,
     _CAPACITY,
+    _CONFIRMED_KEPT,
     _PENDING_BYTES,
     _PENDING_MSGS,
     _PULL_EXPIRES,
@@ -63,6 +64,8 @@ class _JetStreamSubscription(NatsSubscription):
         self._deliver = ""
         self._credits = 0  # messages requested and not yet delivered
         self._unsettled: dict[str, tuple[Any, float]] = {}  # reply -> (raw, since)
+        # Stream sequences of the latest confirmed acks (insertion order, bounded).
+        self._confirmed: dict[int | None, None] = {}
         self._handed: dict[int, tuple[Message, str]] = {}  # id(message) -> (message, reply)
         self._pull_wake = trio.Event()
         self._last_activity = 0.0
@@ -348,15 +351,19 @@ class _JetStreamSubscription(NatsSubscription):
 
     # -- receive / settle --------------------------------------------------------------
 
-    def _convert(self, raw: Any) -> Message:
+    def _convert(self, raw: Any) -> Message | None:
         meta = raw.metadata
+        sequence = meta.sequence.stream if meta.sequence else None
+        if sequence in self._confirmed:
+            self._drop_stale(raw)
+            return None
         attempt = meta.num_delivered or 1
         uuid, metadata = _metadata_of(raw.headers)
         delivery = Delivery(
             raw.subject,
             attempt,
             attempt > 1,
-            meta.sequence.stream if meta.sequence else None,
+            sequence,
             meta.timestamp,
         )
         msg = Message._received(uuid, raw.data, metadata, delivery, self)
@@ -365,6 +372,17 @@ class _JetStreamSubscription(NatsSubscription):
         if attempt > 1:
             self._redelivered[self.pattern] += 1
         return msg
+
+    def _drop_stale(self, raw: Any) -> None:
+        """A delivery of a message whose ack the server already confirmed here
+        (the server redelivered it while it was held: an outage longer than
+        AckWait): never handed out, for ``ack()`` returned True. Acked again
+        (harmless: the server holds the ack) so that it settles at once."""
+        self._unsettled.pop(raw.reply, None)
+        self._bridge.push((raw.reply, b"+ACK", "", None))
+        room = self._prefetch - len(self._unsettled) - self._credits
+        if room >= self._refill:
+            self._wake_puller()
 
     def _settled(self, message: Message) -> str | None:
         entry = self._handed.pop(id(message), None)
@@ -390,12 +408,21 @@ class _JetStreamSubscription(NatsSubscription):
         replies = self._conn.replies
         waiter = replies.expect(1)
         self._acking.add(waiter)
-        self._conn.send([b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0))])
+        command = b"PUB %b %b 4\r\n+ACK\r\n" % (reply.encode(), waiter.reply(0))
+        self._conn.send([command], len(command))
         try:
             await waiter.wait(_ACK_TIMEOUT, self._conn.closing_by)
         finally:
             self._acking.discard(waiter)
-        if waiter.unconfirmed:
+        if not waiter.unconfirmed:
+            # Remembered, so that a stale redelivery of it is not handed out.
+            sequence = message.delivery.sequence if message.delivery else None
+            if sequence is not None:
+                confirmed = self._confirmed
+                confirmed[sequence] = None
+                if len(confirmed) > _CONFIRMED_KEPT:
+                    del confirmed[next(iter(confirmed))]
+        else:
             replies.forget(waiter)
             raise AckError(
                 f"the server did not confirm the ack of {message.uuid!r} on {self.pattern!r}: "

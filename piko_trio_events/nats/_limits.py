@@ -49,3 +49,6 @@ _ACK_TIMEOUT: Final = 5.0
 _API_TIMEOUT: Final = 5.0
 #: The longest nats-py's ``close`` may take at the end of the drain (seconds).
 _CLOSE_LIMIT: Final = 2.0
+#: Confirmed acks a JetStream subscription remembers (stream sequences), to
+#: drop a stale redelivery of a message whose ack() returned True.
+_CONFIRMED_KEPT: Final = 4096

@@ -12,7 +12,7 @@ from .._errors import InvalidTopicError, ProviderClosedError, PublishError, Stre
 from .._message import Message, validate_metadata
 from .._topics import validate_topic
 from ._connection import _no_jetstream
-from ._limits import _PUBLISH_ACK_TIMEOUT, _QUIET, _YIELD_EVERY, OUT_BYTES, OUT_LIMIT
+from ._limits import _PUBLISH_ACK_TIMEOUT, _YIELD_EVERY
 from ._wire import _check_message, _encode
 
 if TYPE_CHECKING:
@@ -67,26 +67,15 @@ class NatsPublisher:
             command = _encode(prefix, msg, track, limit)
             size += len(command)
             encoded.append(command)
-        bridge = self._bridge
-        out = bridge._out
         if encoded:
             self._published[topic] += len(encoded)
-            # A publish after a quiet spell goes straight to the socket (no
-            # scheduling round of the pump nor of nats-py's flusher: latency);
-            # those that follow it closely are queued, and written together.
-            # (``_Connection.send``, inlined: this is the hot path.)
-            conn = self._conn
-            now = trio.current_time()
-            if now - conn.last_direct < _QUIET or not conn._write_now(encoded):
-                was_empty = not out
-                out.extend(encoded)
-                if was_empty:
-                    bridge._kick()
-                bridge.queued_bytes += size
-            else:
-                conn.last_direct = now
-        if len(out) >= OUT_LIMIT or bridge.queued_bytes >= OUT_BYTES:
-            await bridge.wait_space()
+            # After a quiet spell straight to the socket (latency), else queued
+            # and written together with what follows closely (throughput).
+            full = self._conn.send(encoded, size)
+        else:
+            full = self._bridge.full
+        if full:
+            await self._bridge.wait_space()
         else:
             self._calls += 1
             if self._calls >= _YIELD_EVERY:
@@ -130,7 +119,7 @@ class NatsPublisher:
         except BaseException:
             conn.replies.forget(waiter)  # nothing of the call was sent
             raise
-        conn.send(encoded)
+        conn.send(encoded, sum(map(len, encoded)))
         # Finish or fail the batch in flight, even if cancelled meanwhile.
         await waiter.wait(
             min(_PUBLISH_ACK_TIMEOUT, conn.config.close_timeout + 1.0), conn.closing_by

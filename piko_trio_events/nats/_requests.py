@@ -105,7 +105,8 @@ class NatsRequests:
             raise ProviderClosedError(f"cannot publish to {topic!r}: the provider is closed")
         if message.metadata:
             validate_metadata(message.metadata)
-        self._conn.send([_encode(prefix, message, False, self._publisher._max_payload)])
+        command = _encode(prefix, message, False, self._publisher._max_payload)
+        self._conn.send([command], len(command))
 
     # -- replies (nats-py's read loop: never blocks) ------------------------------------
 

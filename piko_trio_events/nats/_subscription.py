@@ -52,7 +52,8 @@ class NatsSubscription(trio.abc.ReceiveChannel[Message]):
         self._nacked = metrics.nacked
         self._redelivered = metrics.redelivered
 
-    def _convert(self, raw: Any) -> Message:
+    def _convert(self, raw: Any) -> Message | None:
+        """The message for ``raw``, or None to drop it (never handed out)."""
         raise NotImplementedError
 
     def _on_reconnect(self) -> None:
@@ -61,7 +62,10 @@ class NatsSubscription(trio.abc.ReceiveChannel[Message]):
     def receive_nowait(self) -> Message:
         if self._state != _OPEN:
             raise trio.EndOfChannel if self._state == _ENDED else trio.ClosedResourceError
-        return self._convert(self._inbox.get_nowait())
+        while True:
+            msg = self._convert(self._inbox.get_nowait())
+            if msg is not None:
+                return msg
 
     async def receive(self) -> Message:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -78,6 +82,8 @@ class NatsSubscription(trio.abc.ReceiveChannel[Message]):
                 waited = True
                 continue
             msg = self._convert(raw)
+            if msg is None:  # (dropped: see _JetStreamSubscription._convert)
+                continue
             if not waited:  # (a wait was a schedule point already: no second round)
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return msg

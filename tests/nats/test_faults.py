@@ -2,20 +2,18 @@
 
 - ``kill -9`` of the server mid-stream, restarted from the same store: every
   confirmed publish is handled at least once;
-- a connection cut (a trio TCP proxy between provider and server) while a
+- a connection cut (a link, ``open_link``, between provider and server) while a
   handler runs: its ack is confirmed, or the message is redelivered;
 - a slow consumer under a fast JetStream publisher keeps the process's peak
   RSS bounded (``PIKO_FAULTS_FULL=1`` runs the issue's full size);
-- a 3-node cluster (R3 stream) whose stream leader is killed mid-run.
+- a 3-node cluster (``open_nats_cluster``, R3 stream) whose stream leader is
+  killed mid-run.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from typing import Any
 
 import pytest
@@ -24,7 +22,7 @@ import trio
 from piko_trio_events import AckError, JetStreamConfig, Message, NatsConfig, PublishError
 from piko_trio_events.nats import NatsProvider, open_nats_provider
 from piko_trio_events.nats._names import consumer_name
-from piko_trio_events.testing._server import NatsServer, _free_port, open_nats_server
+from piko_trio_events.testing import NatsServer, open_link, open_nats_cluster
 
 from .helpers import eventually
 
@@ -51,83 +49,6 @@ async def publish_until_stored(provider: NatsProvider, topic: str, *messages: Me
         except PublishError:
             failures += 1
             await trio.sleep(0.05)  # retry pacing, not synchronisation
-
-
-class Proxy:
-    """A TCP proxy on a free loopback port that forwards to ``target_port``.
-
-    ``cut()`` drops every proxied connection and refuses new ones (accepted,
-    then closed at once) until ``restore()``.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.accepting = True
-        self.connections = 0  # accepted and forwarded, since the start
-        self._links: set[trio.CancelScope] = set()
-        self._nursery: trio.Nursery | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    @property
-    def live(self) -> int:
-        return len(self._links)
-
-    def cut(self) -> None:
-        self.accepting = False
-        for scope in list(self._links):
-            scope.cancel()
-
-    def restore(self) -> None:
-        self.accepting = True
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        async with client:
-            if not self.accepting:
-                return
-            try:
-                server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-            except OSError:
-                return
-            async with server:
-                with trio.CancelScope() as scope:
-                    self._links.add(scope)
-                    self.connections += 1
-                    try:
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
-                            nursery.start_soon(self._pipe, server, client, nursery.cancel_scope)
-                    finally:
-                        self._links.discard(scope)
-
-    @staticmethod
-    async def _pipe(
-        source: trio.SocketStream, sink: trio.SocketStream, link: trio.CancelScope
-    ) -> None:
-        try:
-            while True:
-                data = await source.receive_some(65536)
-                if not data:
-                    break
-                await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        link.cancel()  # one side ended: end the other
-
-
-@asynccontextmanager
-async def open_proxy(target_port: int) -> AsyncIterator[Proxy]:
-    proxy = Proxy(target_port)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1"))
-        proxy.port = listeners[0].socket.getsockname()[1]
-        try:
-            yield proxy
-        finally:
-            nursery.cancel_scope.cancel()
 
 
 def _status_kb(field: str) -> int:
@@ -240,10 +161,10 @@ async def test_a_connection_cut_while_a_handler_runs_confirms_the_ack_or_redeliv
     first_seq: list[int] = []
     with trio.fail_after(45):
         async with (
-            open_proxy(nats_server.port) as proxy,
+            open_link(nats_server.port) as link,
             open_nats_provider(
                 NatsConfig(
-                    url=proxy.url, reconnect_wait=0.05, ack_wait_timeout=10.0, close_timeout=3.0
+                    url=link.url, reconnect_wait=0.05, ack_wait_timeout=10.0, close_timeout=3.0
                 )
             ) as provider,
         ):
@@ -267,12 +188,12 @@ async def test_a_connection_cut_while_a_handler_runs_confirms_the_ack_or_redeliv
 
             await provider.publisher.publish("cut.x", *[Message(b"%d" % i) for i in range(n)])
             await entered.wait()
-            connections = proxy.connections
-            proxy.cut()
+            connections = link.connections
+            link.cut()
             await eventually(lambda: not provider.connected)
-            proxy.restore()
+            link.restore()
             await eventually(lambda: provider.connected)
-            assert proxy.connections > connections  # it really went through a new link
+            assert link.connections > connections  # it really went through a new link
             release.set()
             await eventually(lambda: bool(ack_results))
             # Nothing lost: publish more on the new link; wait for everything.
@@ -393,28 +314,6 @@ async def test_a_slow_consumer_under_a_fast_publisher_keeps_memory_bounded(
 # -- 4. a 3-node cluster loses its stream leader -----------------------------------------------
 
 
-@asynccontextmanager
-async def open_cluster(size: int = 3) -> AsyncIterator[list[NatsServer]]:
-    """``size`` JetStream nats-servers routed together on loopback (cluster "piko")."""
-    cluster_ports = [_free_port() for _ in range(size)]
-    routes = ",".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
-    async with AsyncExitStack() as stack:
-        servers = []
-        for i, cluster_port in enumerate(cluster_ports):
-            args = [
-                "-n",
-                f"n{i}",
-                "--cluster_name",
-                "piko",
-                "--cluster",
-                f"nats://127.0.0.1:{cluster_port}",
-                "--routes",
-                routes,
-            ]
-            servers.append(await stack.enter_async_context(open_nats_server(args=args)))
-        yield servers
-
-
 async def stream_leader(provider: NatsProvider, stream: str) -> str:
     conn = provider._conn
     assert conn.jsm is not None
@@ -428,9 +327,9 @@ async def stream_leader(provider: NatsProvider, stream: str) -> str:
 async def test_killing_the_stream_leader_of_a_3_node_cluster_loses_nothing() -> None:
     run = MidStream("ha.x", 600, 20)
     with trio.fail_after(50):
-        async with open_cluster() as servers:
+        async with open_nats_cluster(3) as cluster:
             config = NatsConfig(
-                url=",".join(server.url for server in servers),
+                url=cluster.url,
                 reconnect_wait=0.1,
                 ack_wait_timeout=2.0,
                 close_timeout=2.0,
@@ -450,8 +349,7 @@ async def test_killing_the_stream_leader_of_a_3_node_cluster_loses_nothing() -> 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(run.publish_all, provider)
                     await run.ready.wait()
-                    [victim] = [s for i, s in enumerate(servers) if f"n{i}" == leader]
-                    await victim.kill()
+                    await cluster.node(leader).kill()
                     killed_at = len(run.confirmed)
                     run.resumed.set()
                 assert run.n // 2 <= killed_at < run.n + 1
