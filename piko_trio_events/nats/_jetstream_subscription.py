@@ -65,7 +65,7 @@ class _JetStreamSubscription(NatsSubscription):
         self._credits = 0  # messages requested and not yet delivered
         self._unsettled: dict[str, tuple[Any, float]] = {}  # reply -> (raw, since)
         # Stream sequences of the latest confirmed acks (insertion order, bounded).
-        self._confirmed: dict[int | None, None] = {}
+        self._confirmed: dict[tuple[int, str], None] = {}
         self._handed: dict[int, tuple[Message, str]] = {}  # id(message) -> (message, reply)
         self._pull_wake = trio.Event()
         self._last_activity = 0.0
@@ -354,11 +354,13 @@ class _JetStreamSubscription(NatsSubscription):
     def _convert(self, raw: Any) -> Message | None:
         meta = raw.metadata
         sequence = meta.sequence.stream if meta.sequence else None
-        if sequence in self._confirmed:
+        uuid, metadata = _metadata_of(raw.headers)
+        # (sequence and uuid: a stream re-created after a server lost it numbers
+        # its messages from 1 again)
+        if (sequence, uuid) in self._confirmed:
             self._drop_stale(raw)
             return None
         attempt = meta.num_delivered or 1
-        uuid, metadata = _metadata_of(raw.headers)
         delivery = Delivery(
             raw.subject,
             attempt,
@@ -419,7 +421,7 @@ class _JetStreamSubscription(NatsSubscription):
             sequence = message.delivery.sequence if message.delivery else None
             if sequence is not None:
                 confirmed = self._confirmed
-                confirmed[sequence] = None
+                confirmed[sequence, message.uuid] = None
                 if len(confirmed) > _CONFIRMED_KEPT:
                     del confirmed[next(iter(confirmed))]
         else:
