@@ -482,7 +482,7 @@ class CommandBus(_Bus):
     A command type has one handler: its group is the type's name, so the
     replicas of the application that handles it compete for each command.
     Registering a second handler for a command type on the same provider
-    raises ValueError at once.
+    raises ConfigError (a ValueError) at once.
 
     :meth:`request` sends a command and awaits its handler's reply, on one
     reply inbox per bus (a core NATS inbox on NATS, under JetStream too).
