@@ -82,11 +82,23 @@ class PublishError(PikoEventsError):
 
     Attributes:
         unconfirmed: how many messages of the call are not known to be stored.
+        retry_after: seconds after which publishing the same messages again
+            may succeed, when the failure is transient: the server did not
+            answer in time, answered "no responders" (a stream's leader is
+            moving, say), refused them for now (a ``5xx`` error: a full
+            stream, JetStream temporarily unavailable), or the connection is
+            down; ``None`` when the publisher has no reason to expect a retry
+            to do better (JetStream not enabled, a message the stream refuses
+            for good, the provider closed). The NATS publisher sets 0.1 s. A
+            router handler whose output publish fails with it nacks its
+            message with a delay that starts there and doubles with each
+            delivery attempt, up to 5 s (see the router docs).
     """
 
-    def __init__(self, message: str, *, unconfirmed: int) -> None:
+    def __init__(self, message: str, *, unconfirmed: int, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.unconfirmed = unconfirmed
+        self.retry_after = retry_after
 
 
 class AckError(PikoEventsError):
