@@ -18,6 +18,19 @@ from ._wire import _check_message, _encode
 if TYPE_CHECKING:
     from ._connection import _Connection
 
+#: The ``retry_after`` of a transient :class:`PublishError` (seconds): the
+#: first step of the router's backoff (see ``_router._MAX_PUBLISH_BACKOFF``).
+_TRANSIENT_RETRY_AFTER = 0.1
+
+
+def _transient(exc: BaseException) -> float | None:
+    """The ``retry_after`` of a failed stream provisioning: None when the server
+    refused the request for good (an API error with a 4xx code)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and not isinstance(code, bool) and 0 < code < 500:
+        return None
+    return _TRANSIENT_RETRY_AFTER
+
 
 class NatsPublisher:
     """Publishes to NATS subjects (core) or JetStream streams.
@@ -98,11 +111,13 @@ class NatsPublisher:
             except (StreamNotFoundError, InvalidTopicError, ProviderClosedError):
                 raise
             except Exception as exc:
-                why = _no_jetstream(conn, exc) or conn.scrub(str(exc) or type(exc).__name__)
+                missing = _no_jetstream(conn, exc)
+                why = missing or conn.scrub(str(exc) or type(exc).__name__)
                 raise PublishError(
                     f"{len(messages)} of {len(messages)} message(s) to {topic!r} are "
                     f"unconfirmed: no stream for it could be provisioned: {why}",
                     unconfirmed=len(messages),
+                    retry_after=None if missing is not None else _transient(exc),
                 ) from exc
         # The message id is qualified by the topic: a copy of a message (same
         # uuid) published to another topic of the same stream is stored too,
@@ -145,11 +160,15 @@ class NatsPublisher:
                     raise StreamNotFoundError(
                         f"no JetStream stream holds topic {topic!r} (auto_provision is off)"
                     )
+            # Transient unless the server refused a message for good: no answer
+            # in time (the connection down, the server busy), "no responders"
+            # (the stream's leader moving), or a 5xx error (a full stream).
             reason = waiter.reason or "timed out waiting for the server's acks"
             raise PublishError(
                 f"{failed} of {len(messages)} message(s) to {topic!r} are unconfirmed: "
                 f"{conn.scrub(reason)}",
                 unconfirmed=failed,
+                retry_after=None if waiter.refused else _TRANSIENT_RETRY_AFTER,
             )
 
     def _connected(self, max_payload: int) -> None:

@@ -32,6 +32,7 @@ class _Waiter:
         "_seen",
         "no_stream",
         "reason",
+        "refused",
         "remaining",
         "unconfirmed",
     )
@@ -43,13 +44,16 @@ class _Waiter:
         self.unconfirmed = count
         self.reason = ""
         self.no_stream = False
+        self.refused = False  # the server refused one for good (a 4xx error)
         self._done = trio.Event()
         self._scope: trio.CancelScope | None = None  # while waiting
 
     def reply(self, index: int) -> bytes:
         return self._prefix + str(index).encode()
 
-    def _answer(self, index: int, error: str | None, no_stream: bool = False) -> None:
+    def _answer(
+        self, index: int, error: str | None, no_stream: bool = False, refused: bool = False
+    ) -> None:
         seen = self._seen
         if index >= len(seen) or seen[index]:
             return
@@ -60,6 +64,7 @@ class _Waiter:
         else:
             self.reason = self.reason or error
             self.no_stream = self.no_stream or no_stream
+            self.refused = self.refused or refused
         if self.remaining == 0:
             self._done.set()
 
@@ -161,11 +166,17 @@ class _Replies:
             )
         else:
             if b'"error"' in data:
+                # A 5xx error (a full stream, JetStream temporarily unavailable)
+                # may pass; a 4xx one (a message the stream cannot take) will not.
+                code = 0
                 try:
-                    description = json.loads(data)["error"].get("description", "error")
+                    error = json.loads(data)["error"]
+                    description = error.get("description", "error")
+                    code = error.get("code", 0)
                 except (ValueError, KeyError, AttributeError):
                     description = data.decode(errors="replace")
-                waiter._answer(int(index), str(description))
+                refused = not (isinstance(code, int) and code >= 500)
+                waiter._answer(int(index), str(description), refused=refused)
             else:
                 waiter._answer(int(index), None)
         if waiter.remaining == 0:

@@ -352,6 +352,7 @@ async def test_publish_and_confirmed_ack_fail_cleanly_while_the_server_is_down(
                     await provider.publisher.publish("down.x", Message(b"2"), Message(b"3"))
                 assert info.value.unconfirmed == 2
                 assert "2 of 2" in str(info.value)
+                assert info.value.retry_after == pytest.approx(0.1)  # transient
                 await nats_server.start()
 
 
@@ -409,6 +410,7 @@ async def test_a_server_without_jetstream_gives_a_clear_error_on_first_use() -> 
                         await provider.publisher.publish("plain.x", Message(b"js"))
                     assert "JetStreamConfig(disabled=True)" in str(caught.value)
                     assert caught.value.unconfirmed == 1
+                    assert caught.value.retry_after is None  # not transient
                     # A subscription fails at once instead of retrying forever.
                     with pytest.raises(ConnectError, match="JetStream is not enabled"):
                         async with provider.subscriber.subscribe("plain.x", group="g"):
