@@ -17,6 +17,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import keyword
 import types
 import typing
 import uuid as uuid_module
@@ -134,12 +135,12 @@ _PRIMITIVES: Final[dict[Any, tuple[type, ...]]] = {
 def _default(value: Any) -> Any:
     """What ``json`` cannot encode itself, as JSON types (the encoder's ``default``)."""
     cls = type(value)
-    names = _FIELD_NAMES.get(cls)
-    if names is not None:
-        return {name: getattr(value, name) for name in names}
+    as_dict = _AS_DICT.get(cls)
+    if as_dict is not None:
+        return as_dict(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(value))
-        return {name: getattr(value, name) for name in names}
+        as_dict = _AS_DICT[cls] = _dict_maker(cls)
+        return as_dict(value)
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, dt.datetime | dt.date | dt.time):
@@ -151,7 +152,65 @@ def _default(value: Any) -> Any:
     raise TypeError(f"values of type {cls.__name__} are not JSON serializable")
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+#: A dataclass -> a function giving the dict of its fields (generated code:
+#: one dict display, no getattr call per field).
+_AS_DICT: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
+def _dict_maker(cls: type) -> Callable[[Any], dict[str, Any]]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not all(name.isidentifier() and not keyword.iskeyword(name) for name in names):
+        # (make_dataclass takes any string)
+        return lambda value: {name: getattr(value, name) for name in names}
+    # Only field names (identifiers) go into the code.
+    items = ", ".join(f"{name!r}: value.{name}" for name in names)
+    namespace: dict[str, Any] = {}
+    exec(f"def as_dict(value):\n    return {{{items}}}", namespace)
+    maker: Callable[[Any], dict[str, Any]] = namespace["as_dict"]
+    return maker
+
+
+def _one_encoder(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode``, without building the C encoder again for every
+    value as ``encode`` does (a good part of a small message's cost).
+
+    The C encoder, built once with the encoder's settings, is used when the
+    interpreter has one that takes them and gives the same text; else
+    ``encoder.encode``. It does not look for cycles: a value that contains
+    itself raises RecursionError instead of ValueError.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None or encoder.indent is not None:  # pragma: no cover - no _json
+        return encoder.encode
+    try:
+        built = make(
+            None,
+            encoder.default,
+            json.encoder.encode_basestring_ascii
+            if encoder.ensure_ascii
+            else json.encoder.encode_basestring,
+            encoder.indent,
+            encoder.key_separator,
+            encoder.item_separator,
+            encoder.sort_keys,
+            encoder.skipkeys,
+            encoder.allow_nan,
+        )
+    except TypeError:  # pragma: no cover - another interpreter's signature
+        return encoder.encode
+    join = "".join
+
+    def encode(value: Any) -> str:
+        if type(value) is str:  # (the C encoder wants a container or a scalar)
+            return encoder.encode(value)
+        return join(built(value, 0))
+
+    sample = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": "d"}}
+    try:
+        same = encode(sample) == encoder.encode(sample)
+    except Exception:  # pragma: no cover - a C encoder that works otherwise
+        same = False
+    return encode if same else encoder.encode
 
 
 class JSONMarshaler(_Named):
@@ -173,20 +232,28 @@ class JSONMarshaler(_Named):
 
     def __init__(self, name_of: Callable[[Any], str] | None = None) -> None:
         super().__init__(name_of)
-        self._encode = json.JSONEncoder(
+        encoder = json.JSONEncoder(
             default=_default, separators=(",", ":"), allow_nan=False, ensure_ascii=False
-        ).encode
+        )
+        self._encode = _one_encoder(encoder)
+        self._decode = json.JSONDecoder().decode
         self._converters: dict[Any, Convert] = {}
 
     def check(self, cls: Any) -> None:
         self._converter(cls)
 
     def marshal(self, value: object, cls: Any = None) -> Message:
+        as_dict = _AS_DICT.get(type(value))
         try:
-            payload = self._encode(value).encode()
+            # (a known dataclass made a dict here: no call back from the encoder)
+            payload = self._encode(value if as_dict is None else as_dict(value)).encode()
         except ValueError as exc:  # NaN or infinity
             raise InvalidMessageError(
                 f"cannot encode {type(value).__name__} as JSON: {exc}"
+            ) from None
+        except RecursionError:
+            raise InvalidMessageError(
+                f"cannot encode {type(value).__name__} as JSON: it contains itself"
             ) from None
         return self._message(payload, type(value) if cls is None else cls)
 
@@ -194,10 +261,17 @@ class JSONMarshaler(_Named):
         convert = self._converters.get(cls)
         if convert is None:
             convert = self._converter(cls)
+        payload = message.payload
         try:
-            value = json.loads(message.payload)
-        except ValueError as exc:  # (UnicodeDecodeError is one too)
-            raise DecodeError(f"the payload is not JSON: {exc}") from None
+            # UTF-8, as JSON between systems is (RFC 8259); anything else, a
+            # byte-order mark or an error goes through json.loads, which
+            # detects UTF-16/32 and words the error.
+            value = self._decode(payload.decode())
+        except ValueError:  # (UnicodeDecodeError is one too)
+            try:
+                value = json.loads(payload)
+            except ValueError as exc:
+                raise DecodeError(f"the payload is not JSON: {exc}") from None
         try:
             return convert(value, "")
         except _Invalid as exc:

@@ -35,7 +35,6 @@ __all__ = [
     "count_out",
     "give_up_reconnecting",
     "missing",
-    "parse_header_lines",
     "read_in_place",
     "server_info",
     "set_reconnect_policy",
@@ -68,7 +67,7 @@ INIT_ATTRIBUTES: Final = {
     "nats.aio.transport:TcpTransport": ("_io_writer", "_io_reader"),
     "asyncio.streams:StreamReader": ("_buffer", "_waiter", "_exception"),
 }
-#: Other names: ``Client._parse_header_lines``, ``Client._process_op_err``,
+#: Other names: ``Client._process_op_err``,
 #: ``Parser.parse``, ``Srv.reconnects`` and the ``future`` parameter of
 #: ``Client.subscribe``.
 _missing_by_type: dict[type, tuple[str, ...]] = {}
@@ -88,8 +87,6 @@ def missing(nc: Any) -> tuple[str, ...]:
     if known is not None:
         return known
     gone = [name for name in CLIENT_ATTRIBUTES if not hasattr(nc, name)]
-    if not callable(getattr(kind, "_parse_header_lines", None)):
-        gone.append("Client._parse_header_lines")
     if not callable(getattr(kind, "_process_op_err", None)):
         gone.append("Client._process_op_err")
     if not callable(getattr(_class("nats.protocol.parser:Parser"), "parse", None)):
@@ -345,15 +342,6 @@ def read_in_place(nc: Client) -> bool:
     feed_data._piko_in_place = True  # type: ignore[attr-defined]
     setattr(reader, "feed_data", feed_data)  # noqa: B010 (an instance attribute, on purpose)
     return True
-
-
-def parse_header_lines(block: bytes) -> dict[str, str]:
-    """The header lines after ``NATS/1.0...`` of a raw header block, parsed as
-    nats-py parses them."""
-    from nats.aio.client import Client
-
-    parsed: dict[str, str] = Client._parse_header_lines(block)
-    return parsed
 
 
 # -- the connection ------------------------------------------------------------------

@@ -7,12 +7,12 @@ adapter), the metadata as headers, ``Nats-Msg-Id`` with ``track_message_id``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Final
 
 from .._errors import InvalidMessageError
 from .._message import UUID_HEADER, Message, checked_payload
 from .._uuid import new_uuid
-from . import _internals as internals
 
 
 def _check_message(msg: object) -> None:
@@ -95,8 +95,42 @@ def _raw_metadata(headers: bytes | None) -> tuple[str, dict[str, str]]:
             uuid = headers[start:end].strip().decode("utf-8", "replace")
             return uuid or new_uuid(), {}
     first = headers.find(b"\r\n")
-    parsed = internals.parse_header_lines(headers[first + 2 :]) if first >= 0 else {}
+    parsed = _parse_header_lines(headers[first + 2 :]) if first >= 0 else {}
     return _metadata_of(parsed)
+
+
+#: A header name made of token characters only (what this library writes).
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _parse_header_lines(block: bytes) -> dict[str, str]:
+    """The ``Name: Value`` lines of a header block (after ``NATS/1.0``),
+    parsed exactly as nats-py's ``Client._parse_header_lines`` parses them
+    on the public path (``tests/nats/test_public_path_metadata.py`` checks
+    it against nats-py's): a name with whitespace or non-ASCII bytes is
+    skipped, values are stripped of ASCII whitespace and decoded as UTF-8
+    with replacement, a later line wins. A name of token characters, the
+    common case, is taken without the character-by-character check.
+    """
+    out: dict[str, str] = {}
+    token = _TOKEN.fullmatch
+    for line in block.split(b"\r\n"):
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        if token(name) is not None:
+            key = name.decode()
+        else:
+            try:
+                key = name.strip().decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            if any(c.isspace() for c in key):
+                continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out
 
 
 def _metadata_of(headers: dict[str, str] | None) -> tuple[str, dict[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from piko_trio_events import Message, PikoEventsError
 from piko_trio_events.cqrs import (
@@ -135,6 +137,37 @@ def test_json_refuses_types_it_cannot_decode_when_checked() -> None:
 def test_json_refuses_nan() -> None:
     with pytest.raises(ValueError, match="cannot encode"):
         JSONMarshaler().marshal(OrderPlaced(1, "a", float("nan"), True))
+
+
+def test_json_refuses_a_value_that_contains_itself() -> None:
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(ValueError, match="contains itself"):
+        JSONMarshaler().marshal(looped, list[Any])
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200)
+@given(value=_JSON)
+def test_json_writes_what_the_standard_encoder_writes(value: Any) -> None:
+    """The marshaler's encoder, built once, writes the standard one's text."""
+    standard = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    assert JSONMarshaler().marshal(value, Any).payload == standard
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'\xef\xbb\xbf{"x": 1}', '{"x": 1}'.encode("utf-16"), b' {"x": 1} '],
+    ids=["utf-8 with BOM", "utf-16", "spaces"],
+)
+def test_json_reads_what_json_loads_reads(payload: bytes) -> None:
+    assert JSONMarshaler().unmarshal(Message(payload), dict[str, int]) == {"x": 1}
 
 
 @settings(max_examples=60)

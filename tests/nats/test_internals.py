@@ -80,7 +80,6 @@ def no_internals(monkeypatch: pytest.MonkeyPatch) -> None:
         "count_out",
         "take_raw_messages",
         "read_in_place",
-        "parse_header_lines",
         "set_reconnect_policy",
         "give_up_reconnecting",
     ):
