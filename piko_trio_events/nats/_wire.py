@@ -91,9 +91,13 @@ def _raw_metadata(headers: bytes | None) -> tuple[str, dict[str, str]]:
     start = len(_UUID_LINE)
     if headers.startswith(_UUID_LINE):
         end = headers.find(b"\r\n", start)
+        uuid = headers[start:end].strip().decode("utf-8", "replace")
         if end == len(headers) - 4:
-            uuid = headers[start:end].strip().decode("utf-8", "replace")
             return uuid or new_uuid(), {}
+        if end > 0:  # the uuid line sliced, the metadata after it parsed
+            parsed = _parse_header_lines(headers[end + 2 :])
+            later = parsed.pop(UUID_HEADER, None)  # (a later line wins, as in a parse)
+            return (uuid if later is None else later) or new_uuid(), _without_nats(parsed)
     first = headers.find(b"\r\n")
     parsed = _parse_header_lines(headers[first + 2 :]) if first >= 0 else {}
     return _metadata_of(parsed)
@@ -138,10 +142,15 @@ def _metadata_of(headers: dict[str, str] | None) -> tuple[str, dict[str, str]]:
     if not headers:
         return new_uuid(), {}
     uuid = headers.pop(UUID_HEADER, None) or new_uuid()
+    return uuid, _without_nats(headers)
+
+
+def _without_nats(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` without the ``Nats-`` ones (the server's and the client's own)."""
     if headers:
         for key in [k for k in headers if k[:5].lower() == "nats-"]:
             del headers[key]
-    return uuid, headers
+    return headers
 
 
 def _nak(delay: float | None) -> bytes:

@@ -12,7 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from piko_trio_events.nats._wire import _parse_header_lines, _raw_metadata
+from piko_trio_events.nats._wire import _metadata_of, _parse_header_lines, _raw_metadata
 
 # Bytes that matter to the parser, and a few that do not.
 _PIECES = st.sampled_from(
@@ -41,3 +41,23 @@ def test_token_names_parse_as_nats_py_parses_them(pairs: list[tuple[bytes, bytes
 def test_a_block_with_metadata_gives_uuid_and_metadata() -> None:
     block = b"NATS/1.0\r\n_watermill_message_uuid: u-1\r\nname: Order\r\nNats-Msg-Id: u-1\r\n\r\n"
     assert _raw_metadata(block) == ("u-1", {"name": "Order"})
+
+
+@given(st.text(min_size=1, max_size=8).filter(str.strip), st.lists(_LINE, max_size=5))
+@example("u-1", [b"_watermill_message_uuid: u-2", b"k: v"])
+@example("u-1", [b"_watermill_message_uuid:", b"Nats-Msg-Id: u-1"])
+def test_a_block_that_starts_with_the_uuid_reads_as_a_full_parse(
+    uuid: str, lines: list[bytes]
+) -> None:
+    """The uuid line sliced and the rest parsed: what parsing every line gives."""
+    rest = b"".join(line + b"\r\n" for line in lines)
+    block = b"NATS/1.0\r\n_watermill_message_uuid: " + uuid.encode() + b"\r\n" + rest + b"\r\n"
+    got_uuid, got = _raw_metadata(block)
+    parsed = Client._parse_header_lines(block[len(b"NATS/1.0\r\n") :])
+    given = parsed.get("_watermill_message_uuid")
+    assert got == _metadata_of(parsed)[1]
+    if given:
+        assert got_uuid == given
+    else:  # none (or an empty one) in the block: a fresh one
+        assert got_uuid
+        assert got_uuid != uuid
