@@ -122,6 +122,19 @@ def test_subpackages_import(module: str) -> None:
     importlib.import_module(module)
 
 
+def test_every_name_of_testing_resolves_and_free_port_is_public() -> None:
+    import socket
+
+    from piko_trio_events import testing
+
+    for name in testing.__all__:
+        assert getattr(testing, name) is not None, name
+    assert "free_port" in testing.__all__
+    port = testing.free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))  # free when returned (not reserved: it may race)
+
+
 def test_importing_the_package_loads_no_asyncio_stack() -> None:
     code = (
         "import sys, piko_trio_events, piko_trio_events.middleware;"

@@ -30,8 +30,10 @@ from piko_trio_events.testing import (
     Link,
     NatsCluster,
     fault_schedules,
+    free_port,
     open_link,
     open_nats_cluster,
+    open_nats_server,
     run_fault_schedule,
 )
 
@@ -148,3 +150,21 @@ def test_the_leader_node_killed_then_a_partition() -> None:
         )
     )
     trio.run(check_invoicing, schedule)
+
+
+# -- free_port(): a port of your own, here the server's monitoring port ------------------
+
+
+async def test_a_monitoring_port_of_our_own() -> None:
+    monitor = free_port()  # free now, not reserved: bind it at once
+    with trio.fail_after(20):
+        async with open_nats_server(args=["-m", str(monitor)]):
+            stream = await trio.open_tcp_stream("127.0.0.1", monitor)
+            async with stream:
+                await stream.send_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+                reply = b""
+                while chunk := await stream.receive_some():
+                    reply += chunk
+    status, _, body = reply.partition(b"\r\n")
+    assert b" 200 " in status
+    assert b'"status":"ok"' in body

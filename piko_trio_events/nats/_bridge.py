@@ -36,10 +36,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import outcome
 import trio
@@ -347,27 +348,107 @@ class Bridge:
 #: At most this many asyncio callbacks run in one trio scheduling round.
 _CALLBACKS_A_ROUND = 64
 
+#: The parameters of the two loop methods replaced, as bound methods.
+_MAIN_LOOP_ONE_PARAMETERS: Final = ("no_wait",)
+_IO_TASK_PARAMETERS: Final = ("fd", "handle", "wait_ready")
+#: The handle attributes :func:`_io_task` reads, by the class that provides
+#: them (``module:Class``): trio-asyncio's reader and writer handles.
+_HANDLE_ATTRIBUTES: Final = {
+    "trio_asyncio._handles:ScopedHandle": ("_scope", "_raise"),
+    "asyncio.events:Handle": ("_cancelled", "_run"),
+}
+
+logger = logging.getLogger("piko_trio_events.nats")
+
+
+def _parameters(method: Any) -> tuple[tuple[str, Any], ...] | None:
+    """(name, kind) of each parameter of ``method``; None when there is no
+    such method, or it is not introspectable."""
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):
+        return None
+    return tuple((p.name, p.kind) for p in signature.parameters.values())
+
+
+def _positional(names: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
+    return tuple((name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names)
+
+
+def _class(path: str) -> Any:
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:  # pragma: no cover - a module moved
+        return None
+
+
+def _provides(cls: Any, name: str) -> bool:
+    """Whether instances of ``cls`` have ``name``: a method or slot of the
+    class, or an attribute one of its ``__init__`` methods sets."""
+    if cls is None:
+        return False
+    if hasattr(cls, name):
+        return True
+    for klass in getattr(cls, "__mro__", ()):
+        code = getattr(klass.__dict__.get("__init__"), "__code__", None)
+        if code is not None and name in code.co_names:
+            return True
+    return False
+
+
+def missing_loop_internals(loop: Any) -> tuple[str, ...]:
+    """The trio-asyncio internals :func:`run_callbacks_in_batches` relies on
+    that ``loop`` (trio-asyncio's loop) lacks, or has in another shape; empty
+    when all are there.
+
+    They are: ``loop._main_loop_one(no_wait)`` (its one parameter, which the
+    batched version passes on by position, and trio-asyncio by keyword),
+    ``loop._io_task(fd, handle, wait_ready)`` (replaced by a copy without its
+    ``synchronize()``), and what that copy reads of the handle:
+    ``ScopedHandle._scope``, ``ScopedHandle._raise``, ``Handle._cancelled``
+    and ``Handle._run``. ``tests/nats/test_internals.py`` is their canary,
+    with how they are used beyond being there.
+    """
+    gone = []
+    if _parameters(getattr(loop, "_main_loop_one", None)) != _positional(_MAIN_LOOP_ONE_PARAMETERS):
+        gone.append(f"loop._main_loop_one({', '.join(_MAIN_LOOP_ONE_PARAMETERS)})")
+    if _parameters(getattr(loop, "_io_task", None)) != _positional(_IO_TASK_PARAMETERS):
+        gone.append(f"loop._io_task({', '.join(_IO_TASK_PARAMETERS)})")
+    for path, names in _HANDLE_ATTRIBUTES.items():
+        cls = _class(path)
+        label = path.partition(":")[2]
+        gone += [f"{label}.{name}" for name in names if not _provides(cls, name)]
+    return tuple(gone)
+
 
 def run_callbacks_in_batches(loop: asyncio.AbstractEventLoop) -> bool:
     """Make trio-asyncio's ``loop`` run every asyncio callback already queued
     (up to ``_CALLBACKS_A_ROUND``) in one trio scheduling round, as asyncio
     does, instead of one callback a round; False (nothing changed) when
-    this trio-asyncio lacks what that needs.
+    already done, or when this trio-asyncio lacks one of the internals it
+    relies on (:func:`missing_loop_internals`; then neither method is
+    replaced, and the loop runs as trio-asyncio made it, slower).
 
     trio-asyncio's main loop takes one callback from its queue, runs it and
     awaits the next (a trio checkpoint: a full scheduling round per asyncio
     callback). Here, after the step that waited, the steps that follow take
     what is already queued without waiting (trio-asyncio's own ``no_wait``
     mode), in order; a due timer is one of them. The callbacks run in the
-    same order, in the same task, only with fewer rounds in between.
+    same order, in the same task, only with fewer rounds in between. The
+    loop's reader and writer tasks started from now on are :func:`_io_task`.
     """
     one = getattr(loop, "_main_loop_one", None)
     if one is None or getattr(one, "_piko_batched", False):
         return False
-    try:
-        if "no_wait" not in inspect.signature(one).parameters:
-            return False
-    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+    gone = missing_loop_internals(loop)
+    if gone:
+        logger.debug(
+            "trio-asyncio lacks %s: its loop runs one asyncio callback a trio round",
+            ", ".join(gone),
+        )
         return False
     would_block = trio.WouldBlock
     limit = _CALLBACKS_A_ROUND
@@ -382,17 +463,7 @@ def run_callbacks_in_batches(loop: asyncio.AbstractEventLoop) -> bool:
 
     batched._piko_batched = True  # type: ignore[attr-defined]
     loop._main_loop_one = batched  # type: ignore[attr-defined]
-    io_task = getattr(loop, "_io_task", None)
-    try:
-        same = io_task is not None and list(inspect.signature(io_task).parameters) == [
-            "fd",
-            "handle",
-            "wait_ready",
-        ]
-    except (TypeError, ValueError):  # pragma: no cover - not introspectable
-        same = False
-    if same:
-        loop._io_task = _io_task  # type: ignore[attr-defined]
+    loop._io_task = _io_task  # type: ignore[attr-defined]
     return True
 
 

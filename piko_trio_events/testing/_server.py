@@ -25,7 +25,7 @@ import trio
 
 from .._util import single_error
 
-__all__ = ["NatsServer", "find_nats_server", "open_nats_server"]
+__all__ = ["NatsServer", "find_nats_server", "free_port", "open_nats_server"]
 
 _READY_TIMEOUT = 10.0  # seconds for a started server to accept clients
 _STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
@@ -54,11 +54,26 @@ def find_nats_server() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the IPv4 loopback (``127.0.0.1``) that is free right now.
+
+    The operating system picks it: a socket is bound to port 0 and closed.
+    For what a fault test starts itself: a second server, a monitoring port
+    (``-m``), a URL where nothing listens.
+
+    The port is free when returned, not reserved: until something binds it,
+    another process (or another call, which may return the same port) can
+    take it. Bind it soon, and if the bind fails, ask for another port and
+    start again (:func:`open_nats_server` does so when it picks the port).
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+#: The internal name (``_cluster`` uses it).
+_free_port = free_port
 
 
 class NatsServer:
@@ -132,7 +147,7 @@ class NatsServer:
                     return
                 if self._fixed_port:
                     break
-                self._port = _free_port()  # lost a race for the port: try another
+                self._port = free_port()  # lost a race for the port: try another
             raise RuntimeError(
                 f"nats-server did not start on port {self._port}; see {self.log_path}:\n"
                 + self._log_tail()
@@ -277,7 +292,7 @@ async def open_nats_server(
                 server = NatsServer(
                     nursery,
                     binary,
-                    port if port is not None else _free_port(),
+                    port if port is not None else free_port(),
                     directory,
                     jetstream,
                     args,

@@ -41,9 +41,9 @@ import trio
 
 from piko_trio_events import AckError, JetStreamConfig, Message, NatsConfig
 from piko_trio_events.nats import open_nats_provider
+from piko_trio_events.testing import free_port as _free_port
 from piko_trio_events.testing import open_nats_server
 from piko_trio_events.testing._cluster import _http_get
-from piko_trio_events.testing._server import _free_port
 
 from .helpers import eventually
 

@@ -9,11 +9,11 @@ import trio
 
 from piko_trio_events import ConfigError, ConnectError, JetStreamConfig, NatsConfig
 from piko_trio_events.nats import open_nats_provider
-from piko_trio_events.testing._server import _free_port, open_nats_server
+from piko_trio_events.testing import free_port, open_nats_server
 
 
 async def test_no_server_fails_within_connect_timeout_naming_the_url() -> None:
-    port = _free_port()
+    port = free_port()
     config = NatsConfig(url=f"nats://alice:s3cr3t-pw@127.0.0.1:{port}", connect_timeout=1.0)
     start = trio.current_time()
     with trio.fail_after(10), pytest.raises(ConnectError) as info:

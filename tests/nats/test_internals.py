@@ -1,16 +1,24 @@
-"""nats-py internals: the canary, the one check, and a fallback that needs none."""
+"""nats-py internals, then the trio-asyncio internals the bridge batches with:
+for each, the canary, the one check, and a fallback that needs none."""
 
 from __future__ import annotations
 
+import ast
 import inspect
+import socket
+import textwrap
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 
 from piko_trio_events import JetStreamConfig, Message, NatsConfig
+from piko_trio_events.nats import _bridge as bridge
 from piko_trio_events.nats import _internals as internals
 from piko_trio_events.nats import open_nats_provider
+from piko_trio_events.testing import open_nats_server
 from piko_trio_events.testing._server import NatsServer
 
 
@@ -197,3 +205,143 @@ def test_read_in_place_reports_a_protocol_error_as_the_read_loop_does() -> None:
         read_loop.cancel()
 
     asyncio.run(main())
+
+
+# -- trio-asyncio: the bridge's batching (run_callbacks_in_batches) ------------------
+
+
+def _handle_reads(function: Any) -> set[str]:
+    """The attributes ``function`` reads of its ``handle``."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "handle"
+    }
+
+
+async def test_the_trio_asyncio_in_use_has_every_internal_the_bridge_batching_uses() -> None:
+    """The canary: fails (naming it) when a trio-asyncio release drops or
+    reshapes an internal that run_callbacks_in_batches relies on."""
+    import trio_asyncio
+    from trio_asyncio._handles import ScopedHandle
+
+    where = f"trio-asyncio {trio_asyncio.__version__}, for nats/_bridge.py run_callbacks_in_batches"
+    async with trio_asyncio.open_loop() as loop:
+        gone = bridge.missing_loop_internals(loop)
+        assert gone == (), f"{where}: missing or reshaped: {', '.join(gone)}"
+        # How they are used, beyond being there:
+        cls = type(loop)
+        # The running main loop looks _main_loop_one up on the loop at every
+        # step, so the batched version set on the instance takes over.
+        assert "await self._main_loop_one()" in inspect.getsource(cls._main_loop), (
+            f"{where}: loop._main_loop no longer calls self._main_loop_one() at each step"
+        )
+        # no_wait=True takes what is queued or raises trio.WouldBlock: the end
+        # of a batch.
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.WouldBlock):
+            await loop._main_loop_one(True)
+        # Readers and writers: a ScopedHandle each, run by self._io_task.
+        assert "self._io_task, fd, handle, wait_ready" in inspect.getsource(cls._add_io_handler), (
+            f"{where}: loop._add_io_handler no longer starts self._io_task(fd, handle, wait_ready)"
+        )
+        left, right = socket.socketpair()
+        with left, right:
+            handle = loop.add_reader(left.fileno(), lambda: None)
+            try:
+                assert isinstance(handle, ScopedHandle), (
+                    f"{where}: loop.add_reader returns a {type(handle).__qualname__}, "
+                    "not a ScopedHandle"
+                )
+            finally:
+                loop.remove_reader(left.fileno())
+        # The bridge's _io_task is trio-asyncio's without the synchronize()
+        # after each callback: it reads what the original reads of the handle,
+        # and the check covers each of those.
+        original = _handle_reads(cls._io_task)
+        checked = {name for names in bridge._HANDLE_ATTRIBUTES.values() for name in names}
+        assert original == _handle_reads(bridge._io_task) == checked, (
+            f"{where}: loop._io_task reads handle.{sorted(original)}; the bridge's copy "
+            f"reads handle.{sorted(_handle_reads(bridge._io_task))} and checks {sorted(checked)}"
+        )
+        assert "await self.synchronize()" in inspect.getsource(cls._io_task), (
+            f"{where}: loop._io_task no longer synchronizes after each callback: "
+            "the bridge's copy may be out of date (or no longer needed)"
+        )
+
+
+def _no_wait_keyword_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trio-asyncio whose ``_main_loop_one`` takes ``no_wait`` by keyword only."""
+    from trio_asyncio._base import BaseTrioEventLoop
+
+    original = BaseTrioEventLoop._main_loop_one
+
+    async def _main_loop_one(self: Any, *, no_wait: bool = False) -> None:
+        await original(self, no_wait)
+
+    monkeypatch.setattr(BaseTrioEventLoop, "_main_loop_one", _main_loop_one)
+
+
+def _io_task_with_a_new_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_asyncio._base import BaseTrioEventLoop
+
+    original = BaseTrioEventLoop._io_task
+
+    async def _io_task(
+        self: Any, fd: int, handle: Any, wait_ready: Any, name: str | None = None
+    ) -> None:
+        await original(self, fd, handle, wait_ready)
+
+    monkeypatch.setattr(BaseTrioEventLoop, "_io_task", _io_task)
+
+
+def _handle_raise_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_asyncio._handles import ScopedHandle
+
+    monkeypatch.delattr(ScopedHandle, "_raise")
+
+
+_LOSSES: list[tuple[Callable[[pytest.MonkeyPatch], None], str]] = [
+    (_no_wait_keyword_only, "loop._main_loop_one(no_wait)"),
+    (_io_task_with_a_new_parameter, "loop._io_task(fd, handle, wait_ready)"),
+    (_handle_raise_removed, "ScopedHandle._raise"),
+]
+
+
+@pytest.mark.parametrize(("lose", "named"), _LOSSES, ids=[name for _, name in _LOSSES])
+async def test_without_a_trio_asyncio_internal_the_bridge_does_not_patch_and_still_works(
+    monkeypatch: pytest.MonkeyPatch, lose: Callable[[pytest.MonkeyPatch], None], named: str
+) -> None:
+    monkeypatch.delenv("PIKO_NATS_PUBLIC_PATH", raising=False)  # (else it is never tried)
+    lose(monkeypatch)
+    tried: list[tuple[Any, bool]] = []
+    real = bridge.run_callbacks_in_batches
+
+    def run_callbacks_in_batches(loop: Any) -> bool:
+        patched = real(loop)
+        tried.append((loop, patched))
+        return patched
+
+    monkeypatch.setattr(bridge, "run_callbacks_in_batches", run_callbacks_in_batches)
+    sent = [Message(b"%d" % i, {"k": str(i)}) for i in range(20)]
+    with trio.fail_after(20):
+        async with (
+            open_nats_server(jetstream=False) as server,
+            open_nats_provider(
+                NatsConfig(url=server.url, jetstream=JetStreamConfig(disabled=True))
+            ) as provider,
+            provider.subscriber.subscribe("canary.x") as channel,
+        ):
+            loop: Any = provider._conn.bridge.loop
+            assert tried == [(loop, False)]
+            assert bridge.missing_loop_internals(loop) == (named,)
+            assert not getattr(loop._main_loop_one, "_piko_batched", False)
+            assert loop._io_task.__module__ != bridge.__name__
+            await provider.publisher.publish("canary.x", *sent)
+            got = [await channel.receive() for _ in sent]
+    assert [(m.uuid, m.payload, m.metadata) for m in got] == [
+        (m.uuid, m.payload, m.metadata) for m in sent
+    ]

@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from piko_trio_events import ConnectError, JetStreamConfig, Message, NatsConfig
 from piko_trio_events.nats import open_nats_provider
-from piko_trio_events.testing._server import NatsServer, _free_port
+from piko_trio_events.testing import NatsServer, free_port
 from tests.otel import sdk_reader, snapshot
 
 from .helpers import eventually, wait_until_stopped
@@ -76,7 +76,7 @@ async def test_provider_and_message_metrics(
 
 async def test_failed_start_is_counted(reader: InMemoryMetricReader) -> None:
     before = nats_snapshot(reader)
-    config = NatsConfig(url=f"nats://127.0.0.1:{_free_port()}", connect_timeout=0.5)
+    config = NatsConfig(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)
     with trio.fail_after(10), pytest.raises(ConnectError):
         async with open_nats_provider(config):
             pass  # pragma: no cover
