@@ -109,12 +109,21 @@ class _JetStreamSubscription(NatsSubscription):
         connection reconnects forever (``max_reconnect_attempts=-1``), so this
         retries, with a warning each time, until the server answers or the
         provider closes (the router's drain interrupts it).
+
+        A server that answers with a refusal (settings it cannot take, such
+        as replicas on a single server; a cluster with no peers for the
+        placement while a node is down) is asked again for
+        ``_REFUSAL_PATIENCE`` seconds, then subscribe raises ConnectError
+        with the server's reason.
         """
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeoutError
-        from nats.js.errors import ServiceUnavailableError
+        from nats.js.errors import APIError, ServiceUnavailableError
+
+        from . import _limits
 
         delay = 0.1
+        refused_since: float | None = None
         while True:
             try:
                 await self._ensure_consumer(first=True)
@@ -131,6 +140,24 @@ class _JetStreamSubscription(NatsSubscription):
                     "creating the consumer for %r failed (%s); retrying in %.1fs",
                     self.pattern,
                     self._conn.scrub(f"{type(exc).__name__}: {exc}"),
+                    delay,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, max(self._conn.config.reconnect_wait, 0.1))
+            except APIError as exc:  # (after ServiceUnavailableError, one too)
+                reason = self._conn.scrub(exc.description or str(exc) or type(exc).__name__)
+                now = trio.current_time()
+                if refused_since is None:
+                    refused_since = now
+                if now - refused_since >= _limits._REFUSAL_PATIENCE or self._conn.closed:
+                    raise ConnectError(
+                        f"cannot subscribe to {self.pattern!r}: the server refused its stream "
+                        f"or consumer: {reason} (code {exc.code}, error {exc.err_code})"
+                    ) from None
+                logger.warning(
+                    "the server refused the stream or consumer for %r (%s); asking again in %.1fs",
+                    self.pattern,
+                    reason,
                     delay,
                 )
                 await trio.sleep(delay)

@@ -52,3 +52,8 @@ _CLOSE_LIMIT: Final = 2.0
 #: Confirmed acks a JetStream subscription remembers (stream sequences), to
 #: drop a stale redelivery of a message whose ack() returned True.
 _CONFIRMED_KEPT: Final = 4096
+
+#: Seconds a subscription keeps asking a server that refuses its stream or
+#: consumer (a cluster without peers for the placement right now) before
+#: subscribe raises ConnectError with the server's reason.
+_REFUSAL_PATIENCE = 5.0
