@@ -19,7 +19,13 @@ import trio
 
 from ._abc import Publisher, StartPosition, Subscriber, validate_subscription
 from ._config import RouterConfig
-from ._errors import ConfigError, PikoEventsError, ProviderClosedError, PublishError
+from ._errors import (
+    ConfigError,
+    PikoEventsError,
+    ProviderClosedError,
+    PublishError,
+    StreamNotFoundError,
+)
 from ._message import Message
 from ._topics import validate_topic
 from ._types import HandlerFunc, HandlerResult, Middleware, _current_handler, handler_outputs
@@ -52,6 +58,8 @@ _MIN_PREFETCH = 192
 #: it waits at most 5 s more: a few of the ~1-3 s a JetStream leader election
 #: takes, far below the default ack wait (30 s).
 _MAX_PUBLISH_BACKOFF = 5.0
+#: The first nack delay of a handler whose output topic has no stream.
+_STREAM_MISSING_RETRY = 0.1
 
 
 def _prefetch_for(concurrency: int) -> int:
@@ -184,8 +192,14 @@ def _nack_delay(msg: Message, exc: Exception) -> float | None:
     error's own ``retry_after``).
     """
     delay = _retry_after(exc)
-    if delay is None or not isinstance(exc, PublishError):
+    if isinstance(exc, StreamNotFoundError):
+        # No stream holds the output topic (auto-provisioning off): created by
+        # an operator, or back once a cluster elects its leader; until then,
+        # as a transient publish failure, not a message handed back at once.
+        delay = _STREAM_MISSING_RETRY if delay is None else delay
+    elif delay is None or not isinstance(exc, PublishError):
         return delay
+    assert delay is not None
     attempt = msg.delivery.attempt if msg.delivery is not None else 1
     # (The exponent capped so that a message redelivered thousands of times
     # does not overflow the float.)

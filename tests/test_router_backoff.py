@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from piko_trio_events import Message, PublishError, open_memory_provider
+from piko_trio_events import Message, PublishError, StreamNotFoundError, open_memory_provider
 from piko_trio_events.memory import MemoryProvider
 from piko_trio_events.middleware import CircuitOpenError
 
@@ -113,3 +113,14 @@ async def test_an_explicit_retry_after_of_another_error_wins_and_does_not_grow(
         await done.wait()
     assert [attempt for attempt, _ in seen] == [1, 2, 3, 4]
     assert _gaps(seen) == pytest.approx([0.7, 0.7, 0.7])
+
+
+async def test_an_output_topic_without_a_stream_backs_off_too(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto_provision off and no stream for the output topic (yet: an operator
+    creates it, or a cluster elects its leader): not handed back at once."""
+    error = StreamNotFoundError("no JetStream stream holds topic 'out'")
+    async with open_memory_provider() as provider:
+        seen = await _relay_with_failing_output(provider, monkeypatch, error, succeed_at=5)
+    assert _gaps(seen) == pytest.approx([0.1, 0.2, 0.4, 0.8])
