@@ -13,19 +13,22 @@ others (both ways or one way) while its clients still reach it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Literal, TypeAlias
 
 import trio
 
-from .._errors import ConfigError
+from .._errors import ConfigError, ConnectError
 from ._link import Link, open_link
 from ._server import NatsServer, _free_port, open_nats_server
 
 __all__ = ["NatsCluster", "Side", "open_nats_cluster"]
+
+logger = logging.getLogger("piko_trio_events.testing")
 
 #: Which way a node is cut off: ``"outbound"`` (what it sends to the others
 #: is held), ``"inbound"`` (what they send to it is held), or ``"both"``.
@@ -207,63 +210,136 @@ async def open_nats_cluster(
         store_dir: where the nodes keep their stores and logs (a folder per
             node); a temporary directory (removed afterwards) when None.
 
-    Yields once every node accepts clients; JetStream elects its leaders a
-    moment later (:meth:`NatsCluster.wait_healthy` waits for that). Nodes
+    Yields once every node accepts clients, routes to every other node and
+    reports healthy (JetStream's meta leader elected). A cluster that has not
+    formed within 15 s (a port chosen free and taken before its node bound
+    it, say) is stopped, logged with why, and started again on other ports
+    (each retry's stores in ``<name>-attempt<n>`` folders); after 3 attempts
+    :class:`~piko_trio_events.ConnectError` says which node was not healthy
+    and its last logged error. :meth:`NatsCluster.wait_healthy` waits for the
+    same state again after a fault. Nodes
     do not tell clients about each other (``--no_advertise``): a client
     reaches the nodes whose URLs it was given, so clients that connect
     through links stay behind them. Leaving the block stops every node.
     """
     if not isinstance(size, int) or not 1 <= size <= 9:
         raise ConfigError(f"size must be an int from 1 to 9, not {size!r}")
+    with tempfile.TemporaryDirectory(prefix="piko-cluster-") as tmp:
+        root = os.fspath(store_dir) if store_dir is not None else tmp
+        why = ""
+        for attempt in range(_FORM_ATTEMPTS):
+            stack = AsyncExitStack()
+            formed = False
+            try:
+                cluster = await _start(
+                    stack, size, jetstream, route_links, name, args, root, attempt
+                )
+                with trio.move_on_after(_FORM_TIMEOUT):
+                    await cluster.wait_healthy()
+                    formed = True
+                if not formed:
+                    why = await _not_formed(cluster)
+            except BaseException:
+                await stack.aclose()
+                raise
+            if formed:
+                break
+            await stack.aclose()
+            logger.warning(
+                "the %d-node cluster did not form within %gs (%s); starting it again "
+                "on other ports",
+                size,
+                _FORM_TIMEOUT,
+                why,
+            )
+        else:
+            raise ConnectError(
+                f"a {size}-node nats-server cluster did not form in {_FORM_ATTEMPTS} attempts "
+                f"of {_FORM_TIMEOUT:g}s each: {why}"
+            )
+        async with stack:  # the nodes of the attempt that formed, until the block ends
+            yield cluster
+
+
+#: How long the nodes of a new cluster get to route to each other and report
+#: healthy, and how many times the cluster is started (on fresh ports) when
+#: they do not: a port chosen free can be taken before its node binds it.
+_FORM_TIMEOUT = 15.0
+_FORM_ATTEMPTS = 3
+
+
+async def _start(
+    stack: AsyncExitStack,
+    size: int,
+    jetstream: bool,
+    route_links: bool,
+    name: str,
+    args: Sequence[str],
+    root: str,
+    attempt: int,
+) -> NatsCluster:
+    """Start the nodes (and route links) of one attempt inside ``stack``."""
     names = [f"n{i}" for i in range(size)]
     cluster_ports = [_free_port() for _ in range(size)]
     client_ports = [_free_port() for _ in range(size)]
     monitor_ports = [_free_port() for _ in range(size)]
-    with tempfile.TemporaryDirectory(prefix="piko-cluster-") as tmp:
-        root = os.fspath(store_dir) if store_dir is not None else tmp
-        async with AsyncExitStack() as stack:
-            links: dict[tuple[int, int], Link] = {}
-            if route_links:
-                for i in range(size):
-                    for j in range(size):
-                        if i != j:
-                            links[i, j] = await stack.enter_async_context(
-                                open_link(cluster_ports[j])
-                            )
-            nodes = []
-            for i in range(size):
-                if route_links:
-                    routes = [links[i, j].url for j in range(size) if j != i]
-                    extra = ["--cluster_advertise", _NOWHERE, "--connect_retries", "0"]
-                else:
-                    routes = [f"nats://127.0.0.1:{port}" for port in cluster_ports]
-                    extra = []
-                cluster_args = [
-                    "--cluster_name",
-                    name,
-                    "--cluster",
-                    f"nats://127.0.0.1:{cluster_ports[i]}",
-                    "--routes",
-                    ",".join(routes),
-                    "--no_advertise=true",
-                    *extra,
-                ]
-                node_args = [
-                    "-n",
-                    names[i],
-                    "-m",
-                    str(monitor_ports[i]),
-                    *(cluster_args if size > 1 else ()),
-                    *args,
-                ]
-                nodes.append(
-                    await stack.enter_async_context(
-                        open_nats_server(
-                            jetstream,
-                            port=client_ports[i],
-                            store_dir=os.path.join(root, names[i]),
-                            args=node_args,
-                        )
-                    )
+    links: dict[tuple[int, int], Link] = {}
+    if route_links:
+        for i in range(size):
+            for j in range(size):
+                if i != j:
+                    links[i, j] = await stack.enter_async_context(open_link(cluster_ports[j]))
+    nodes = []
+    for i in range(size):
+        if route_links:
+            routes = [links[i, j].url for j in range(size) if j != i]
+            extra = ["--cluster_advertise", _NOWHERE, "--connect_retries", "0"]
+        else:
+            routes = [f"nats://127.0.0.1:{port}" for port in cluster_ports]
+            extra = []
+        cluster_args = [
+            "--cluster_name",
+            name,
+            "--cluster",
+            f"nats://127.0.0.1:{cluster_ports[i]}",
+            "--routes",
+            ",".join(routes),
+            "--no_advertise=true",
+            *extra,
+        ]
+        node_args = [
+            "-n",
+            names[i],
+            "-m",
+            str(monitor_ports[i]),
+            *(cluster_args if size > 1 else ()),
+            *args,
+        ]
+        # (a fresh store per attempt: an attempt's half-formed state stays behind)
+        where = names[i] if attempt == 0 else f"{names[i]}-attempt{attempt}"
+        nodes.append(
+            await stack.enter_async_context(
+                open_nats_server(
+                    jetstream,
+                    port=client_ports[i],
+                    store_dir=os.path.join(root, where),
+                    args=node_args,
                 )
-            yield NatsCluster(nodes, names, monitor_ports, links)
+            )
+        )
+    return NatsCluster(nodes, names, monitor_ports, links)
+
+
+async def _not_formed(cluster: NatsCluster) -> str:
+    """Which nodes are not healthy, and the last error line of each one's log."""
+    parts = []
+    for index, node in enumerate(cluster.nodes):
+        if await cluster.healthy(index):
+            continue
+        last = ""
+        with suppress(OSError):
+            lines = node.log_path.read_text(errors="replace").splitlines()
+            errors = [line for line in lines if "[ERR]" in line or "[FTL]" in line]
+            last = errors[-1].strip() if errors else ""
+        parts.append(f"{cluster.names[index]} not healthy" + (f" ({last})" if last else ""))
+    return "; ".join(parts) or "healthy only after the timeout"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 
-from piko_trio_events import JetStreamConfig, Message, NatsConfig, PublishError
+from piko_trio_events import ConnectError, JetStreamConfig, Message, NatsConfig, PublishError
 from piko_trio_events.nats import open_nats_provider
 from piko_trio_events.testing import NatsCluster, open_nats_cluster
 
@@ -136,3 +138,49 @@ async def test_an_error_in_the_block_comes_out_as_itself_not_in_groups() -> None
     with trio.fail_after(30), pytest.raises(KeyError, match="mine"):
         async with open_nats_cluster(3, route_links=True):
             raise KeyError("mine")
+
+
+def _breaking_start(monkeypatch: pytest.MonkeyPatch, broken_attempts: int) -> list[NatsCluster]:
+    """Make the first ``broken_attempts`` starts of a cluster fail to form (node
+    n1 killed as soon as it runs); returns every cluster started."""
+    from piko_trio_events.testing import _cluster
+
+    real_start = _cluster._start
+    started: list[NatsCluster] = []
+
+    async def start(*args: Any) -> NatsCluster:
+        cluster = await real_start(*args)
+        started.append(cluster)
+        if len(started) <= broken_attempts:
+            await cluster.nodes[1].kill()
+        return cluster
+
+    monkeypatch.setattr(_cluster, "_start", start)
+    monkeypatch.setattr(_cluster, "_FORM_TIMEOUT", 1.0)
+    return started
+
+
+async def test_a_cluster_that_does_not_form_is_started_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = _breaking_start(monkeypatch, broken_attempts=1)
+    with trio.fail_after(30):
+        async with open_nats_cluster(3) as cluster:
+            assert len(started) == 2
+            assert cluster is started[1]
+            assert all([await cluster.healthy(i) for i in range(3)])
+            # The first attempt's nodes are gone.
+            assert not any(node.running for node in started[0].nodes)
+    assert "did not form within 1s" in caplog.text
+    assert "n1 not healthy" in caplog.text
+
+
+async def test_a_cluster_that_never_forms_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = _breaking_start(monkeypatch, broken_attempts=3)
+    with trio.fail_after(30), pytest.raises(ConnectError, match=r"3 attempts.*n1 not healthy"):
+        async with open_nats_cluster(3):
+            pass  # pragma: no cover - never formed
+    assert len(started) == 3
+    assert not any(node.running for cluster in started for node in cluster.nodes)
