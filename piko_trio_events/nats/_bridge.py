@@ -46,6 +46,7 @@ import outcome
 import trio
 
 from .._errors import ProviderClosedError
+from ._internals import class_at
 
 __all__ = ["Bridge", "Inbox", "Job"]
 
@@ -375,16 +376,6 @@ def _positional(names: tuple[str, ...]) -> tuple[tuple[str, Any], ...]:
     return tuple((name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names)
 
 
-def _class(path: str) -> Any:
-    import importlib
-
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:  # pragma: no cover - a module moved
-        return None
-
-
 def _provides(cls: Any, name: str) -> bool:
     """Whether instances of ``cls`` have ``name``: a method or slot of the
     class, or an attribute one of its ``__init__`` methods sets."""
@@ -418,7 +409,7 @@ def missing_loop_internals(loop: Any) -> tuple[str, ...]:
     if _parameters(getattr(loop, "_io_task", None)) != _positional(_IO_TASK_PARAMETERS):
         gone.append(f"loop._io_task({', '.join(_IO_TASK_PARAMETERS)})")
     for path, names in _HANDLE_ATTRIBUTES.items():
-        cls = _class(path)
+        cls = class_at(path)
         label = path.partition(":")[2]
         gone += [f"{label}.{name}" for name in names if not _provides(cls, name)]
     return tuple(gone)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ReadLoopDispatch",
     "available",
+    "class_at",
     "close_socket",
     "count_out",
     "give_up_reconnecting",
@@ -73,11 +74,16 @@ INIT_ATTRIBUTES: Final = {
 _missing_by_type: dict[type, tuple[str, ...]] = {}
 
 
-def _class(path: str) -> Any:
+def class_at(path: str) -> Any:
+    """The class ``module:Class`` names, or None when there is no such class
+    (nor module): for checks of internals, here and in ``_bridge``."""
     import importlib
 
     module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name, None)
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:  # pragma: no cover - a module moved
+        return None
 
 
 def missing(nc: Any) -> tuple[str, ...]:
@@ -89,7 +95,7 @@ def missing(nc: Any) -> tuple[str, ...]:
     gone = [name for name in CLIENT_ATTRIBUTES if not hasattr(nc, name)]
     if not callable(getattr(kind, "_process_op_err", None)):
         gone.append("Client._process_op_err")
-    if not callable(getattr(_class("nats.protocol.parser:Parser"), "parse", None)):
+    if not callable(getattr(class_at("nats.protocol.parser:Parser"), "parse", None)):
         gone.append("Parser.parse")
     subscribe = getattr(kind, "subscribe", None)
     try:
@@ -98,12 +104,12 @@ def missing(nc: Any) -> tuple[str, ...]:
     except (TypeError, ValueError):  # pragma: no cover - not introspectable
         gone.append("Client.subscribe(future=)")
     for path, names in INIT_ATTRIBUTES.items():
-        cls = _class(path)
+        cls = class_at(path)
         init = getattr(cls, "__init__", None)
         code = getattr(init, "__code__", None)
         stored = code.co_names if code is not None else ()
         gone += [f"{path.partition(':')[2]}.{name}" for name in names if name not in stored]
-    server_class = _class("nats.aio.client:Srv")
+    server_class = class_at("nats.aio.client:Srv")
     if "reconnects" not in getattr(server_class, "__dataclass_fields__", {}):
         gone.append("Srv.reconnects")
     result = _missing_by_type[kind] = tuple(gone)
