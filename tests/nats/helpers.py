@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from piko_trio_events.nats import NatsProvider
 
 
 class Tally:
@@ -44,3 +48,22 @@ def wait_until_stopped(pid: int) -> None:
         if state in ("T", "t"):
             return
         os.sched_yield()
+
+
+async def stored_messages(provider: NatsProvider, stream: str) -> int:
+    """How many messages JetStream stream ``stream`` holds."""
+    conn = provider._conn
+    assert conn.jsm is not None
+    info = await conn.bridge.call(conn.jsm.stream_info, stream)
+    return int(info.state.messages or 0)
+
+
+async def add_full_stream(provider: NatsProvider, name: str, subjects: list[str]) -> None:
+    """Add a stream that stores one message and refuses every other
+    (``max_msgs=1``, discard new: a publish past it is answered with an error)."""
+    from nats.js.api import DiscardPolicy, StreamConfig
+
+    conn = provider._conn
+    assert conn.jsm is not None
+    config = StreamConfig(name=name, subjects=subjects, max_msgs=1, discard=DiscardPolicy.NEW)
+    await conn.bridge.call(conn.jsm.add_stream, config)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import pytest
 import trio
-from nats.js.api import DiscardPolicy, StreamConfig
+from nats.js.api import StreamConfig
 
 from piko_trio_events import JetStreamConfig, Message, NatsConfig, PublishError
 from piko_trio_events.nats import NatsProvider, open_nats_provider
 from piko_trio_events.testing._server import NatsServer
 
-from .helpers import eventually
+from .helpers import add_full_stream, eventually, stored_messages
 
 #: How long the output stream refuses messages (real seconds).
 HELD = 1.0
@@ -31,13 +31,6 @@ N = 10
 #: 0, 0.1, 0.3 and 0.7 s (the next is due at 1.5 s), plus one of slack for
 #: the time the failing round trips take.
 PER_INPUT_BOUND = 5
-
-
-async def stream_messages(provider: NatsProvider, name: str) -> int:
-    conn = provider._conn
-    assert conn.jsm is not None
-    info = await conn.bridge.call(conn.jsm.stream_info, name)
-    return int(info.state.messages or 0)
 
 
 async def set_max_msgs(provider: NatsProvider, name: str, max_msgs: int) -> None:
@@ -58,15 +51,8 @@ async def test_an_output_stream_refusing_messages_for_a_while_causes_no_redelive
     deliveries: list[tuple[bytes, int, float]] = []  # (input, attempt, trio time)
     with trio.fail_after(30):
         async with open_nats_provider(config) as provider:
-            conn = provider._conn
-            assert conn.jsm is not None
             # The output stream, full: it refuses every message until healed.
-            await conn.bridge.call(
-                conn.jsm.add_stream,
-                StreamConfig(
-                    name="HELD", subjects=["held.>"], max_msgs=1, discard=DiscardPolicy.NEW
-                ),
-            )
+            await add_full_stream(provider, "HELD", ["held.>"])
             await provider.publisher.publish("held.out", Message(b"filler"))
             with pytest.raises(PublishError) as refused:
                 await provider.publisher.publish("held.out", Message(b"refused"))
@@ -87,7 +73,7 @@ async def test_an_output_stream_refusing_messages_for_a_while_causes_no_redelive
             during = [d for d in deliveries if d[2] < healed_at]
             # Every output gets through once the stream takes messages again.
             # (The server's state: no event to wait on.)
-            while await stream_messages(provider, "HELD") < 1 + N:  # noqa: ASYNC110
+            while await stored_messages(provider, "HELD") < 1 + N:  # noqa: ASYNC110
                 await trio.sleep(0.05)
             finished_at = trio.current_time()
 

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import pytest
 import trio
-from nats.js.api import DiscardPolicy, StreamConfig
 
 from piko_trio_events import Message, NatsConfig, PublishError
-from piko_trio_events.nats import NatsProvider, open_nats_provider
+from piko_trio_events.nats import open_nats_provider
 from piko_trio_events.testing._server import NatsServer
 
-
-async def stored(provider: NatsProvider, stream: str) -> int:
-    conn = provider._conn
-    assert conn.jsm is not None
-    info = await conn.bridge.call(conn.jsm.stream_info, stream)
-    return int(info.state.messages or 0)
+from .helpers import add_full_stream, stored_messages
 
 
 async def test_a_partly_refused_batch_reports_only_the_refused_messages(
@@ -23,22 +17,15 @@ async def test_a_partly_refused_batch_reports_only_the_refused_messages(
 ) -> None:
     with trio.fail_after(15):
         async with open_nats_provider(NatsConfig(url=nats_server.url)) as provider:
-            conn = provider._conn
-            assert conn.jsm is not None
             # A stream that stores one message and refuses the rest.
-            await conn.bridge.call(
-                conn.jsm.add_stream,
-                StreamConfig(
-                    name="FULL", subjects=["full.x"], max_msgs=1, discard=DiscardPolicy.NEW
-                ),
-            )
+            await add_full_stream(provider, "FULL", ["full.x"])
             with pytest.raises(PublishError) as info:
                 await provider.publisher.publish(
                     "full.x", Message(b"1"), Message(b"2"), Message(b"3")
                 )
             assert info.value.unconfirmed == 2
             assert "2 of 3" in str(info.value)
-            assert await stored(provider, "FULL") == 1
+            assert await stored_messages(provider, "FULL") == 1
             # The provider carries on: a batch the stream refuses entirely says so.
             with pytest.raises(PublishError) as info:
                 await provider.publisher.publish("full.x", Message(b"4"))
@@ -58,4 +45,4 @@ async def test_an_oversized_jetstream_payload_is_refused_at_once_and_the_provide
             assert trio.current_time() - start < 1.0
             await provider.publisher.publish("big.x", Message(b"next"))
             assert provider.connected
-            assert await stored(provider, "PIKO_big") == 2  # nothing of the refused call
+            assert await stored_messages(provider, "PIKO_big") == 2  # nothing of the refused call
